@@ -1,0 +1,44 @@
+# meshcast developer entry points. `make install` builds .venv with everything, torch pinned.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+CASES ?= ../shared/cases
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install test lint format demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install --quiet -e ".[executor,server,dev]"
+	touch $@
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install
+	@for case in $(CASES)/paper-*.json; do \
+		echo "== $$(basename $$case .json)"; \
+		$(BIN)/meshcast compare "$$case" --time-limit 1 || exit 1; \
+		echo; \
+	done
+
+bench: install
+	$(BIN)/python benchmarks/solver_quality.py --cases $(CASES)
+	$(BIN)/python benchmarks/solver_scaling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,207 @@
+"""The `meshcast` command line: plan, compare, check and bound.
+
+Bad input (unreadable file, invalid request or plan, unknown algorithm) prints one line naming
+the problem and exits with status 2; an invalid plan under `check` exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from planner import PlanFormatError, RequestError, build_problem, parse_request
+from planner.plan import Plan
+from planner.problem import Problem
+from planner.simulate import check_plan, simulate
+from solver import ALGORITHMS, SolveOptions, make_plan, resolve
+
+
+class UsageError(Exception):
+    """Input the user has to fix; reported as one line, exit status 2."""
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} {path!r} is not JSON: {err.msg} at line {err.lineno}") from None
+
+
+def _load_problem(path: str) -> Problem:
+    try:
+        return build_problem(parse_request(_read_json(path, "request")))
+    except RequestError as err:
+        raise UsageError(f"invalid request {path!r}: {err}") from None
+
+
+def _options(problem: Problem, args: argparse.Namespace) -> SolveOptions:
+    defaults = problem.request.options
+    limit = args.time_limit if args.time_limit is not None else defaults.time_limit_s
+    if not 0 < limit <= 3600:
+        raise UsageError(f"--time-limit: must be in (0, 3600] seconds, got {limit}")
+    seed = args.seed if args.seed is not None else defaults.seed
+    return SolveOptions(time_limit_s=limit, seed=seed)
+
+
+def _summary(plan: Plan, wire_bytes: int) -> str:
+    lines = [
+        f"algorithm     {plan.algorithm} ({plan.status})",
+        f"transfers     {len(plan.transfers)}",
+        f"bytes on wire {wire_bytes / 2**20:,.1f} MiB",
+        f"makespan      {plan.makespan_s * 1e3:.4f} ms",
+        f"lower bound   {plan.lower_bound_s * 1e3:.4f} ms",
+        f"ratio         {plan.ratio:.4f}",
+        f"solve time    {plan.solve_time_s:.3f} s",
+    ]
+    if plan.best_bound_s is not None:
+        lines.append(f"proven bound  {plan.best_bound_s * 1e3:.4f} ms (gap {plan.gap or 0:.2%})")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    problem = _load_problem(args.request)
+    algorithm = args.algorithm or problem.request.options.algorithm
+    try:
+        resolve(algorithm)
+    except RequestError as err:
+        raise UsageError(f"--algorithm: {err.message}") from None
+    options = _options(problem, args)
+    print(
+        f"planning {len(problem.tiles)} tiles with {algorithm} (limit {options.time_limit_s:g} s)",
+        file=sys.stderr,
+    )
+    plan = make_plan(problem, algorithm, options)
+    print(_summary(plan, simulate(problem, plan.transfers).wire_bytes))
+    if args.output:
+        Path(args.output).write_text(json.dumps(plan.to_json(), indent=1))
+        print(f"plan written to {args.output}")
+    if args.trace:
+        from api.render import write_trace
+
+        write_trace(problem, plan, Path(args.trace))
+        print(f"trace written to {args.trace} (open in ui.perfetto.dev or chrome://tracing)")
+    if args.gantt:
+        from api.render import write_gantt
+
+        write_gantt(problem, plan, Path(args.gantt))
+        print(f"gantt chart written to {args.gantt}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    problem = _load_problem(args.request)
+    options = _options(problem, args)
+    names = args.algorithms.split(",") if args.algorithms else list(ALGORITHMS)
+    for name in names:
+        try:
+            resolve(name)
+        except RequestError as err:
+            raise UsageError(f"--algorithms: {err.message}") from None
+    print(f"lower bound {problem.lower_bound_s * 1e3:.4f} ms, {len(problem.tiles)} tiles")
+    header = (
+        f"{'algorithm':<20} {'transfers':>9} {'wire MiB':>10} {'makespan ms':>12} "
+        f"{'ratio':>7} {'solve s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        plan = make_plan(problem, name, options)
+        wire = simulate(problem, plan.transfers).wire_bytes
+        print(
+            f"{name:<20} {len(plan.transfers):>9} {wire / 2**20:>10,.1f} "
+            f"{plan.makespan_s * 1e3:>12.4f} {plan.ratio:>7.3f} {plan.solve_time_s:>8.3f}",
+            flush=True,
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problem = _load_problem(args.request)
+    try:
+        plan = Plan.from_json(_read_json(args.plan, "plan"))
+    except PlanFormatError as err:
+        raise UsageError(f"invalid plan {args.plan!r}: {err}") from None
+    sim = check_plan(problem, plan)
+    checked = replace(plan, makespan_s=sim.makespan_s, lower_bound_s=problem.lower_bound_s)
+    verdict = {
+        "valid": sim.valid,
+        "errors": sim.errors[:20],
+        "transfers": len(plan.transfers),
+        "makespan_s": sim.makespan_s,
+        "lower_bound_s": problem.lower_bound_s,
+        "ratio": checked.ratio,
+        "wire_bytes": sim.wire_bytes,
+    }
+    print(json.dumps(verdict, indent=1))
+    return 0 if sim.valid else 1
+
+
+def cmd_bound(args: argparse.Namespace) -> int:
+    problem = _load_problem(args.request)
+    print(json.dumps({"lower_bound_s": problem.lower_bound_s, "tiles": len(problem.tiles)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshcast", description="Plan and check cross-mesh resharding transfers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def solver_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--time-limit", type=float, help="seconds per solver (default: request's)")
+        p.add_argument("--seed", type=int, help="random seed (default: request's)")
+
+    plan = sub.add_parser("plan", help="plan a request and print a summary")
+    plan.add_argument("request", help="meshcast.request/v1 JSON file")
+    plan.add_argument("--algorithm", help="algorithm name (default: request's, else auto)")
+    solver_flags(plan)
+    plan.add_argument("--output", "-o", help="write the plan JSON here")
+    plan.add_argument("--gantt", help="write a per-port Gantt chart (PNG) here")
+    plan.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) here")
+    plan.set_defaults(func=cmd_plan)
+
+    compare = sub.add_parser("compare", help="every algorithm side by side")
+    compare.add_argument("request")
+    compare.add_argument("--algorithms", help="comma-separated subset (default: all)")
+    solver_flags(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    check = sub.add_parser("check", help="validate a plan and recompute its port-v1 times")
+    check.add_argument("request")
+    check.add_argument("plan")
+    check.set_defaults(func=cmd_check)
+
+    bound = sub.add_parser("bound", help="print the lower bound of a request")
+    bound.add_argument("request")
+    bound.set_defaults(func=cmd_bound)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except UsageError as err:
+        print(f"meshcast: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"meshcast: error: cannot write {err.filename!r}: {err.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("meshcast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`meshcast.plan/v1`: transfers in execution order, with their port-v1 times (DESIGN §2)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from planner.errors import PlanFormatError
+from planner.mesh import Box
+
+PLAN_FORMAT = "meshcast.plan/v1"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A box of global indices of tensor number `tensor` in the request."""
+
+    tensor: int
+    box: Box
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One message: `pieces` packed in one buffer, from `src` to every device of `dst`.
+
+    `dst` order is the chain order across hosts (and the hop order inside each host).
+    """
+
+    src: int
+    dst: tuple[int, ...]
+    pieces: tuple[Piece, ...]
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete plan; `transfers` are in the one global execution order all ranks follow."""
+
+    request_id: str
+    algorithm: str
+    transfers: tuple[Transfer, ...]
+    makespan_s: float = 0.0
+    lower_bound_s: float = 0.0
+    solve_time_s: float = 0.0
+    #: "optimal", "feasible" or "heuristic"
+    status: str = "heuristic"
+    #: a proven bound on the best makespan, when the algorithm proves one
+    best_bound_s: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        """Makespan over the lower bound (1.0 is the physical limit)."""
+        if self.lower_bound_s > 0:
+            return self.makespan_s / self.lower_bound_s
+        return 1.0 if self.makespan_s == 0 else math.inf
+
+    @property
+    def gap(self) -> float | None:
+        """Relative distance between the makespan and the proven bound."""
+        if self.best_bound_s is None or self.makespan_s <= 0:
+            return None
+        return max(0.0, (self.makespan_s - self.best_bound_s) / self.makespan_s)
+
+    def with_times(self, times: list[tuple[float, float]], makespan_s: float) -> Plan:
+        transfers = tuple(
+            replace(t, start_s=s, end_s=e) for t, (s, e) in zip(self.transfers, times, strict=True)
+        )
+        return replace(self, transfers=transfers, makespan_s=makespan_s)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": PLAN_FORMAT,
+            "request_id": self.request_id,
+            "algorithm": self.algorithm,
+            "status": self.status,
+            "makespan_s": self.makespan_s,
+            "lower_bound_s": self.lower_bound_s,
+            "solve_time_s": self.solve_time_s,
+        }
+        if self.best_bound_s is not None:
+            out["best_bound_s"] = self.best_bound_s
+            out["gap"] = self.gap
+        out["transfers"] = [
+            {
+                "id": i,
+                "src": t.src,
+                "dst": list(t.dst),
+                "pieces": [
+                    {"tensor": p.tensor, "box": [list(iv) for iv in p.box]} for p in t.pieces
+                ],
+                "start_s": t.start_s,
+                "end_s": t.end_s,
+            }
+            for i, t in enumerate(self.transfers)
+        ]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> Plan:
+        """Parse a plan document; `PlanFormatError` names the first malformed field."""
+        if not isinstance(data, dict):
+            raise PlanFormatError("plan", f"expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != PLAN_FORMAT:
+            raise PlanFormatError("format", f"expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
+        raw = data.get("transfers")
+        if not isinstance(raw, list):
+            raise PlanFormatError("transfers", f"expected a list, got {type(raw).__name__}")
+        transfers = tuple(_parse_transfer(f"transfers[{i}]", t) for i, t in enumerate(raw))
+        best = data.get("best_bound_s")
+        return cls(
+            request_id=str(data.get("request_id", "")),
+            algorithm=str(data.get("algorithm", "")),
+            transfers=transfers,
+            makespan_s=_number("makespan_s", data.get("makespan_s", 0.0)),
+            lower_bound_s=_number("lower_bound_s", data.get("lower_bound_s", 0.0)),
+            solve_time_s=_number("solve_time_s", data.get("solve_time_s", 0.0)),
+            status=str(data.get("status", "heuristic")),
+            best_bound_s=None if best is None else _number("best_bound_s", best),
+        )
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PlanFormatError(where, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanFormatError(where, f"expected an integer, got {value!r}")
+    return value
+
+
+def _parse_transfer(where: str, raw: Any) -> Transfer:
+    if not isinstance(raw, dict):
+        raise PlanFormatError(where, f"expected an object, got {type(raw).__name__}")
+    dst = raw.get("dst")
+    if not isinstance(dst, list):
+        raise PlanFormatError(f"{where}.dst", f"expected a list of devices, got {dst!r}")
+    pieces = raw.get("pieces")
+    if not isinstance(pieces, list):
+        raise PlanFormatError(f"{where}.pieces", f"expected a list, got {pieces!r}")
+    return Transfer(
+        src=_integer(f"{where}.src", raw.get("src")),
+        dst=tuple(_integer(f"{where}.dst[{j}]", d) for j, d in enumerate(dst)),
+        pieces=tuple(_parse_piece(f"{where}.pieces[{j}]", p) for j, p in enumerate(pieces)),
+        start_s=_number(f"{where}.start_s", raw.get("start_s", 0.0)),
+        end_s=_number(f"{where}.end_s", raw.get("end_s", 0.0)),
+    )
+
+
+def _parse_piece(where: str, raw: Any) -> Piece:
+    if not isinstance(raw, dict):
+        raise PlanFormatError(where, f"expected an object, got {type(raw).__name__}")
+    box = raw.get("box")
+    if not isinstance(box, list) or not all(isinstance(iv, list) and len(iv) == 2 for iv in box):
+        raise PlanFormatError(f"{where}.box", f"expected [[lo, hi], ...], got {box!r}")
+    return Piece(
+        tensor=_integer(f"{where}.tensor", raw.get("tensor")),
+        box=tuple(
+            (_integer(f"{where}.box[{k}]", lo), _integer(f"{where}.box[{k}]", hi))
+            for k, (lo, hi) in enumerate(box)
+        ),
+    )

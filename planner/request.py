@@ -1,0 +1,306 @@
+"""`meshcast.request/v1`: parsing and validation (DESIGN §1).
+
+The JSON shape is checked by pydantic models; the cross-references (meshes, hosts, placements)
+are checked here with messages that name the field and the value. The result is a frozen
+`Request` of plain tuples, hashable and canonical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.dtypes import ITEMSIZE_BYTES
+from planner.errors import RequestError
+
+MAX_TENSOR_BYTES = 1 << 50  # 1 PiB: anything larger is a unit mistake, not a tensor
+MAX_GBPS = 1e7
+MAX_TIME_LIMIT_S = 3600.0
+_SHARD = re.compile(r"^S\((\d+)\)$")
+
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Layout(_Model):
+    mesh: str
+    placements: list[str]
+
+
+class _Tensor(_Model):
+    name: str = Field(min_length=1)
+    shape: list[NonNegInt]
+    dtype: str
+    src: _Layout
+    dst: _Layout
+
+
+class _Mesh(_Model):
+    shape: list[PosInt] = Field(min_length=1)
+    devices: list[NonNegInt] = Field(min_length=1)
+
+
+class _Cluster(_Model):
+    hosts: list[list[NonNegInt]] = Field(min_length=1)
+    nic_gbps: float = Field(gt=0, le=MAX_GBPS, allow_inf_nan=False)
+    nics_per_host: PosInt = 1
+    intra_gbps: float | None = Field(default=None, gt=0, le=MAX_GBPS, allow_inf_nan=False)
+    latency_us: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
+    duplex: Literal["full", "half"] = "full"
+
+
+class _Options(_Model):
+    algorithm: str = "auto"
+    time_limit_s: float = Field(default=2.0, gt=0, le=MAX_TIME_LIMIT_S, allow_inf_nan=False)
+    seed: Annotated[int, Field(strict=True)] = 0
+
+
+class _Request(_Model):
+    tensors: list[_Tensor] = Field(min_length=1)
+    meshes: dict[str, _Mesh] = Field(min_length=1)
+    cluster: _Cluster
+    options: _Options = _Options()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a tensor lives: a mesh name and one placement per mesh axis (None = replicate,
+    k = shard tensor dim k)."""
+
+    mesh: str
+    placements: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor to reshard: global shape, dtype and its source and destination layouts."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    src: Layout
+    dst: Layout
+
+    @property
+    def itemsize_bytes(self) -> int:
+        return ITEMSIZE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """A device mesh: N-D shape and its devices listed row-major."""
+
+    shape: tuple[int, ...]
+    devices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Hosts (device lists, position = rail index modulo `nics_per_host`) and link speeds."""
+
+    hosts: tuple[tuple[int, ...], ...]
+    nic_gbps: float
+    nics_per_host: int
+    intra_gbps: float
+    latency_us: float
+    duplex: str
+
+
+@dataclass(frozen=True)
+class Options:
+    """Solver options carried by the request."""
+
+    algorithm: str = "auto"
+    time_limit_s: float = 2.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated `meshcast.request/v1`."""
+
+    tensors: tuple[TensorSpec, ...]
+    meshes: dict[str, MeshSpec]
+    cluster: ClusterSpec
+    options: Options
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON form (defaults filled in, placements spelled out)."""
+        return {
+            "tensors": [
+                {
+                    "name": t.name,
+                    "shape": list(t.shape),
+                    "dtype": t.dtype,
+                    "src": _layout_json(t.src),
+                    "dst": _layout_json(t.dst),
+                }
+                for t in self.tensors
+            ],
+            "meshes": {
+                name: {"shape": list(m.shape), "devices": list(m.devices)}
+                for name, m in sorted(self.meshes.items())
+            },
+            "cluster": {
+                "hosts": [list(h) for h in self.cluster.hosts],
+                "nic_gbps": self.cluster.nic_gbps,
+                "nics_per_host": self.cluster.nics_per_host,
+                "intra_gbps": self.cluster.intra_gbps,
+                "latency_us": self.cluster.latency_us,
+                "duplex": self.cluster.duplex,
+            },
+            "options": {
+                "algorithm": self.options.algorithm,
+                "time_limit_s": self.options.time_limit_s,
+                "seed": self.options.seed,
+            },
+        }
+
+    @property
+    def request_id(self) -> str:
+        """sha256 of the canonical JSON (sorted keys, no whitespace)."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _layout_json(layout: Layout) -> dict[str, Any]:
+    return {
+        "mesh": layout.mesh,
+        "placements": ["R" if p is None else f"S({p})" for p in layout.placements],
+    }
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "request"
+
+
+def parse_request(data: Any) -> Request:
+    """Validate a decoded JSON request; raise `RequestError` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise RequestError("request", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        raw = _Request.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        value = first.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        raise RequestError(_field_path(tuple(first["loc"])), f"{first['msg']}{shown}") from None
+    meshes = {name: _check_mesh(name, m) for name, m in raw.meshes.items()}
+    tensors = tuple(_check_tensor(i, t, meshes) for i, t in enumerate(raw.tensors))
+    names = [t.name for t in tensors]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise RequestError(f"tensors[{i}].name", f"duplicate tensor name {name!r}")
+    cluster = _check_cluster(raw.cluster, meshes)
+    options = Options(raw.options.algorithm, raw.options.time_limit_s, raw.options.seed)
+    return Request(tensors, meshes, cluster, options)
+
+
+def _check_mesh(name: str, mesh: _Mesh) -> MeshSpec:
+    shape, devices = tuple(mesh.shape), tuple(mesh.devices)
+    if math.prod(shape) != len(devices):
+        raise RequestError(
+            f"meshes.{name}.devices",
+            f"mesh of shape {list(shape)} needs {math.prod(shape)} devices, got {len(devices)}",
+        )
+    seen: set[int] = set()
+    for j, d in enumerate(devices):
+        if d in seen:
+            raise RequestError(f"meshes.{name}.devices[{j}]", f"device {d} is listed twice")
+        seen.add(d)
+    return MeshSpec(shape, devices)
+
+
+def _check_tensor(i: int, t: _Tensor, meshes: dict[str, MeshSpec]) -> TensorSpec:
+    where = f"tensors[{i}]"
+    if t.dtype not in ITEMSIZE_BYTES:
+        raise RequestError(
+            f"{where}.dtype", f"unknown dtype {t.dtype!r} (one of {', '.join(ITEMSIZE_BYTES)})"
+        )
+    shape = tuple(t.shape)
+    nbytes = math.prod(shape) * ITEMSIZE_BYTES[t.dtype]
+    if nbytes > MAX_TENSOR_BYTES:
+        raise RequestError(f"{where}.shape", f"{list(shape)} is {nbytes} bytes, over 1 PiB")
+    return TensorSpec(
+        t.name,
+        shape,
+        t.dtype,
+        _check_layout(f"{where}.src", t.src, len(shape), meshes),
+        _check_layout(f"{where}.dst", t.dst, len(shape), meshes),
+    )
+
+
+def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, MeshSpec]) -> Layout:
+    mesh = meshes.get(layout.mesh)
+    if mesh is None:
+        raise RequestError(
+            f"{where}.mesh", f"unknown mesh {layout.mesh!r} (meshes: {', '.join(sorted(meshes))})"
+        )
+    if len(layout.placements) != len(mesh.shape):
+        raise RequestError(
+            f"{where}.placements",
+            f"{len(layout.placements)} placements for mesh {layout.mesh!r} "
+            f"with {len(mesh.shape)} axes",
+        )
+    return Layout(
+        layout.mesh,
+        tuple(
+            parse_placement(f"{where}.placements[{a}]", p, ndim)
+            for a, p in enumerate(layout.placements)
+        ),
+    )
+
+
+def parse_placement(where: str, text: str, ndim: int) -> int | None:
+    """'R' -> None, 'S(k)' -> k; partial and malformed placements are rejected."""
+    p = text.strip()
+    if p == "R":
+        return None
+    if p == "P" or p.startswith("P("):
+        raise RequestError(where, f"partial placement {text!r} is not supported yet")
+    match = _SHARD.match(p)
+    if not match:
+        raise RequestError(where, f"unsupported placement {text!r} (expected 'R' or 'S(k)')")
+    dim = int(match.group(1))
+    if dim >= ndim:
+        raise RequestError(where, f"placement {text!r} names tensor dim {dim}, tensor has {ndim}")
+    return dim
+
+
+def _check_cluster(c: _Cluster, meshes: dict[str, MeshSpec]) -> ClusterSpec:
+    host_of: dict[int, int] = {}
+    for h, devices in enumerate(c.hosts):
+        if not devices:
+            raise RequestError(f"cluster.hosts[{h}]", "host has no devices")
+        for j, d in enumerate(devices):
+            if d in host_of:
+                raise RequestError(
+                    f"cluster.hosts[{h}][{j}]", f"device {d} is already on host {host_of[d]}"
+                )
+            host_of[d] = h
+    for name, mesh in sorted(meshes.items()):
+        for j, d in enumerate(mesh.devices):
+            if d not in host_of:
+                raise RequestError(f"meshes.{name}.devices[{j}]", f"device {d} is on no host")
+    intra = c.intra_gbps if c.intra_gbps is not None else c.nic_gbps * 10
+    return ClusterSpec(
+        tuple(tuple(h) for h in c.hosts),
+        float(c.nic_gbps),
+        c.nics_per_host,
+        float(intra),
+        float(c.latency_us),
+        c.duplex,
+    )

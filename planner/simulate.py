@@ -1,0 +1,180 @@
+"""The port-v1 list schedule of a plan, and its validity (DESIGN §2, §3).
+
+`PortClock` is the one recurrence every scheduler in meshcast uses: a transfer starts when all
+its ports are free and its data has arrived at its sender, and holds its ports until it ends.
+`simulate` walks a plan in order, finds when each piece became available at its sender from
+the geometry of earlier deliveries, and reports every validity error it meets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from planner.boxes import TimedBoxes, contains, uncovered_volume
+from planner.cost import transfer_cost
+from planner.mesh import Box
+from planner.plan import Plan, Transfer
+from planner.problem import Problem
+
+
+class PortClock:
+    """Ready time of every port; `place` books one transfer after the ones before it."""
+
+    def __init__(self, num_ports: int) -> None:
+        self.ready_s = [0.0] * num_ports
+
+    def start_time(self, ports: Sequence[int], data_ready_s: float = 0.0) -> float:
+        ready = self.ready_s
+        return max(data_ready_s, max((ready[p] for p in ports), default=0.0))
+
+    def place(
+        self, duration_s: float, ports: Sequence[int], data_ready_s: float = 0.0
+    ) -> tuple[float, float]:
+        start = self.start_time(ports, data_ready_s)
+        end = start + duration_s
+        for p in ports:
+            self.ready_s[p] = end
+        return start, end
+
+
+@dataclass
+class Simulation:
+    """Outcome of walking a plan: per-transfer times, makespan, and what is wrong with it."""
+
+    times: list[tuple[float, float]]
+    makespan_s: float
+    wire_bytes: int
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
+    """List-schedule `transfers` in order under port-v1 and check that each piece is held."""
+    topo = problem.topology
+    clock = PortClock(topo.num_ports)
+    known = problem.src_devices | problem.dst_devices
+    held: dict[tuple[int, int], TimedBoxes] = {}
+    times: list[tuple[float, float]] = []
+    errors: list[str] = []
+    makespan = 0.0
+    wire_bytes = 0
+    for k, tr in enumerate(transfers):
+        where = f"transfer {k}"
+        problem_here = _transfer_problem(problem, tr, known)
+        ready = 0.0
+        num_bytes = 0
+        if problem_here is None:
+            for piece in tr.pieces:
+                arrival = _arrival_s(problem, held, piece.tensor, tr.src, piece.box)
+                if arrival is None:
+                    problem_here = (
+                        f"device {tr.src} does not hold box {list(map(list, piece.box))} of "
+                        f"tensor {problem.request.tensors[piece.tensor].name!r} at this point"
+                    )
+                    break
+                ready = max(ready, arrival)
+                num_bytes += problem.piece_bytes(piece)
+        if problem_here is not None:
+            errors.append(f"{where}: {problem_here}")
+            times.append((math.nan, math.nan))
+            continue
+        duration, ports = transfer_cost(topo, num_bytes, tr.src, tr.dst)
+        start, end = clock.place(duration, ports, ready)
+        times.append((start, end))
+        makespan = max(makespan, end)
+        for piece in tr.pieces:
+            for d in tr.dst:
+                key = (piece.tensor, d)
+                if key not in held:
+                    held[key] = TimedBoxes(len(piece.box))
+                held[key].add(piece.box, end)
+        remote = {topo.host_of[d] for d in tr.dst} - {topo.host_of[tr.src]}
+        wire_bytes += num_bytes * len(remote)
+    errors.extend(_coverage_errors(problem, held))
+    return Simulation(times, makespan, wire_bytes, errors)
+
+
+def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> str | None:
+    if tr.src not in known:
+        return f"src {tr.src} is in neither mesh"
+    if not tr.dst:
+        return "dst is empty"
+    if len(set(tr.dst)) != len(tr.dst):
+        return f"dst {list(tr.dst)} lists a device twice"
+    for d in tr.dst:
+        if d == tr.src:
+            return f"dst {list(tr.dst)} contains the sender {d}"
+        if d not in problem.dst_devices:
+            return f"dst device {d} is in no destination mesh"
+    if not tr.pieces:
+        return "no pieces"
+    tensors = problem.request.tensors
+    for piece in tr.pieces:
+        if not 0 <= piece.tensor < len(tensors):
+            return f"no tensor {piece.tensor} (request has {len(tensors)})"
+        shape = tensors[piece.tensor].shape
+        if len(piece.box) != len(shape) or any(
+            not 0 <= lo < hi <= n for (lo, hi), n in zip(piece.box, shape, strict=True)
+        ):
+            return f"box {list(map(list, piece.box))} is empty or outside shape {list(shape)}"
+    return None
+
+
+def _arrival_s(
+    problem: Problem,
+    held: dict[tuple[int, int], TimedBoxes],
+    tensor: int,
+    device: int,
+    box: Box,
+) -> float | None:
+    own = problem.src_boxes(tensor).get(device)
+    if own is not None and contains(own, box):
+        return 0.0
+    key = (tensor, device)
+    if own is not None:
+        if key not in held:
+            held[key] = TimedBoxes(len(box))
+        if own not in held[key].boxes:
+            held[key].add(own, 0.0)
+    boxes = held.get(key)
+    return None if boxes is None else boxes.time_to_cover(box)
+
+
+def _coverage_errors(problem: Problem, held: dict[tuple[int, int], TimedBoxes]) -> list[str]:
+    errors = []
+    for ti, spec in enumerate(problem.request.tensors):
+        src_boxes = problem.src_boxes(ti)
+        for d, target in problem.dst_boxes(ti).items():
+            cover = list(held[(ti, d)].boxes) if (ti, d) in held else []
+            if d in src_boxes:
+                cover.append(src_boxes[d])
+            missing, cell = uncovered_volume(target, cover)
+            if missing:
+                errors.append(
+                    f"tensor {spec.name!r}: device {d} misses {missing} elements, "
+                    f"e.g. {list(map(list, cell or ()))}"
+                )
+    return errors
+
+
+def check_plan(problem: Problem, plan: Plan, rel_tol: float = 1e-6) -> Simulation:
+    """`simulate` plus agreement of the plan's reported times with port-v1."""
+    sim = simulate(problem, plan.transfers)
+    mismatched = 0
+    for k, (tr, (_, end)) in enumerate(zip(plan.transfers, sim.times, strict=True)):
+        if not math.isnan(end) and not math.isclose(tr.end_s, end, rel_tol=rel_tol, abs_tol=1e-9):
+            mismatched += 1
+            if mismatched <= 3:
+                sim.errors.append(
+                    f"transfer {k}: plan says end_s={tr.end_s}, port-v1 gives {end:.9g}"
+                )
+    if not math.isclose(plan.makespan_s, sim.makespan_s, rel_tol=rel_tol, abs_tol=1e-9):
+        sim.errors.append(
+            f"plan says makespan_s={plan.makespan_s}, port-v1 gives {sim.makespan_s:.9g}"
+        )
+    return sim

@@ -1,0 +1,35 @@
+"""The one interface every algorithm implements, and the result it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from planner.problem import Problem
+from solver.moves import Move
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Knobs shared by all algorithms; each uses what applies to it."""
+
+    time_limit_s: float = 2.0
+    seed: int = 0
+
+
+@dataclass
+class SolveResult:
+    """Moves in execution order, with what the algorithm proved about them.
+
+    `status` is "optimal" or "feasible" for the optimizing solvers, "heuristic" otherwise;
+    `best_bound_s` is a proven lower bound on the best makespan when the solver has one.
+    """
+
+    moves: Sequence[Move]
+    order: Sequence[int]
+    status: str = "heuristic"
+    best_bound_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Algorithm = Callable[[Problem, SolveOptions], SolveResult]

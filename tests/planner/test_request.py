@@ -1,0 +1,152 @@
+"""Request parsing: a table of invalid requests and the message each one gets."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from planner import RequestError, parse_request
+
+BASE: dict[str, Any] = {
+    "tensors": [
+        {
+            "name": "x",
+            "shape": [64, 32],
+            "dtype": "float32",
+            "src": {"mesh": "a", "placements": ["S(0)", "R"]},
+            "dst": {"mesh": "b", "placements": ["R", "S(1)"]},
+        }
+    ],
+    "meshes": {
+        "a": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
+        "b": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
+    },
+    "cluster": {"hosts": [[0, 1, 2, 3], [4, 5, 6, 7]], "nic_gbps": 10},
+}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """BASE with the value at a dotted path replaced (`...=DELETE` removes the key)."""
+    request = copy.deepcopy(BASE)
+    node: Any = request
+    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        node = node[k]
+    if value == "DELETE":
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return request
+
+
+INVALID = [
+    # unknown destination mesh name
+    ("tensors.0.dst.mesh", "c", "tensors[0].dst.mesh", "unknown mesh 'c'"),
+    # partial placements are not supported
+    (
+        "tensors.0.src.placements",
+        ["P", "R"],
+        "tensors[0].src.placements[0]",
+        "partial placement 'P'",
+    ),
+    # placement naming a tensor dim that does not exist
+    (
+        "tensors.0.dst.placements",
+        ["R", "S(2)"],
+        "tensors[0].dst.placements[1]",
+        "names tensor dim 2",
+    ),
+    # malformed placement text
+    (
+        "tensors.0.src.placements",
+        ["Shard(0)", "R"],
+        "tensors[0].src.placements[0]",
+        "unsupported placement",
+    ),
+    # placements count differs from mesh axes
+    (
+        "tensors.0.src.placements",
+        ["R"],
+        "tensors[0].src.placements",
+        "1 placements for mesh 'a' with 2 axes",
+    ),
+    # negative dimension
+    ("tensors.0.shape", [64, -1], "tensors[0].shape[1]", "-1"),
+    # absurd size
+    ("tensors.0.shape", [2**40, 2**20], "tensors[0].shape", "over 1 PiB"),
+    # dimension given as a string
+    ("tensors.0.shape", [64, "32"], "tensors[0].shape[1]", "'32'"),
+    # unknown dtype
+    ("tensors.0.dtype", "complex64", "tensors[0].dtype", "unknown dtype 'complex64'"),
+    # mesh size does not match its device count
+    ("meshes.a.shape", [3, 2], "meshes.a.devices", "needs 6 devices, got 4"),
+    # device listed twice in a mesh
+    ("meshes.b.devices", [4, 5, 5, 7], "meshes.b.devices[2]", "device 5 is listed twice"),
+    # device of a mesh on no host
+    ("cluster.hosts", [[0, 1, 2, 3], [4, 5, 6]], "meshes.b.devices[3]", "device 7 is on no host"),
+    # device on two hosts
+    ("cluster.hosts", [[0, 1, 2, 3], [3, 4, 5, 6, 7]], "cluster.hosts[1][0]", "already on host 0"),
+    # empty host
+    ("cluster.hosts", [[0, 1, 2, 3], [4, 5, 6, 7], []], "cluster.hosts[2]", "no devices"),
+    # zero bandwidth
+    ("cluster.nic_gbps", 0, "cluster.nic_gbps", "greater than 0"),
+    # negative latency
+    ("cluster.latency_us", -5, "cluster.latency_us", "-5"),
+    # unknown duplex mode
+    ("cluster.duplex", "simplex", "cluster.duplex", "'simplex'"),
+    # missing required field
+    ("cluster.nic_gbps", "DELETE", "cluster.nic_gbps", "Field required"),
+    # unexpected field (typo)
+    ("cluster.nic_gpbs", 10, "cluster.nic_gpbs", "Extra inputs"),
+    # no tensors at all
+    ("tensors", [], "tensors", "at least 1"),
+    # time limit out of range
+    ("options", {"time_limit_s": 0}, "options.time_limit_s", "greater than 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "fragment"), INVALID, ids=[r[2] for r in INVALID]
+)
+def test_invalid_request_names_field_and_value(
+    path: str, value: Any, field: str, fragment: str
+) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(with_change(path, value))
+    assert info.value.field == field
+    assert fragment in str(info.value)
+    assert str(info.value).startswith(field)
+
+
+def test_duplicate_tensor_names_are_rejected() -> None:
+    request = copy.deepcopy(BASE)
+    request["tensors"].append(copy.deepcopy(request["tensors"][0]))
+    with pytest.raises(RequestError, match=r"tensors\[1\].name: duplicate tensor name 'x'"):
+        parse_request(request)
+
+
+def test_non_object_request() -> None:
+    with pytest.raises(RequestError, match="expected a JSON object, got list"):
+        parse_request([1, 2])
+
+
+def test_defaults_and_placements() -> None:
+    request = parse_request(BASE)
+    assert request.cluster.intra_gbps == 100.0
+    assert request.cluster.duplex == "full"
+    assert request.options.algorithm == "auto"
+    assert request.tensors[0].src.placements == (0, None)
+    assert request.tensors[0].dst.placements == (None, 1)
+
+
+def test_request_id_is_canonical() -> None:
+    shuffled = json.loads(json.dumps(BASE, sort_keys=True))
+    shuffled["meshes"] = dict(reversed(list(shuffled["meshes"].items())))
+    explicit = copy.deepcopy(BASE)
+    explicit["cluster"].update({"nics_per_host": 1, "latency_us": 0.0, "duplex": "full"})
+    ids = {parse_request(r).request_id for r in (BASE, shuffled, explicit)}
+    assert len(ids) == 1
+    assert parse_request(with_change("cluster.nic_gbps", 20)).request_id not in ids
