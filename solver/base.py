@@ -15,6 +15,8 @@ class SolveOptions:
 
     time_limit_s: float = 2.0
     seed: int = 0
+    #: CP-SAT workers; 1 keeps runs deterministic for a given seed
+    num_workers: int = 1
 
 
 @dataclass

@@ -11,6 +11,7 @@ from planner.simulate import simulate
 from solver.alpa_order import alpa_order
 from solver.base import Algorithm, SolveOptions
 from solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
+from solver.cpsat import cpsat
 from solver.greedy import greedy
 from solver.search import search
 
@@ -25,6 +26,7 @@ ALGORITHMS: dict[str, tuple[Algorithm, str]] = {
     "alpa-order": (alpa_order, "the paper's randomized rounds of host-disjoint broadcasts"),
     "search": (search, "depth-first search over order and sender, under the time limit"),
     "greedy": (greedy, "topology-aware: local first, rails, splits, relays, list-scheduled"),
+    "cpsat": (cpsat, "CP-SAT interval model over routes, hinted, with a proven bound"),
 }
 ALIASES = {"auto": "greedy"}
 

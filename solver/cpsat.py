@@ -1,0 +1,165 @@
+"""`cpsat`: the port-v1 schedule as an OR-Tools CP-SAT interval model (DESIGN §4).
+
+Per job (an item's delivery to its remote hosts, or to the needers on one holder host) one
+recipe is chosen (sender x rail x strategy: chain, relay, split + intra-host all-gather); every
+move of every recipe is an optional interval present when its recipe is chosen; every port is a
+NoOverlap resource; relays start after the move that brought their data; the makespan is
+minimised. The search starts from a hint: the greedy's recipe choice, list-scheduled.
+
+Times are integers of `unit_s` (durations rounded up), so the model's schedule is one the
+list schedule can only shorten. The proven bound is converted back, less one unit per move of
+the plan, so it stays a bound of the real (unrounded) model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from planner.problem import Problem
+from solver.base import SolveOptions, SolveResult
+from solver.greedy import route_all
+from solver.items import Item, coalesce
+from solver.moves import MoveList
+from solver.order import best_schedule, in_order
+from solver.recipes import Job, Recipe, item_jobs, materialize
+
+#: time resolution: the sum of rounding over a whole plan stays below this share of the bound
+ROUNDING_SHARE = 1e-4
+
+
+@dataclass
+class _Model:
+    model: cp_model.CpModel
+    chosen: list[list[cp_model.IntVar]]  # per job, per recipe
+    starts: dict[tuple[int, int, int], cp_model.IntVar]  # (job, recipe, move) -> start
+    makespan: cp_model.IntVar
+
+
+def _units(duration_s: float, unit_s: float) -> int:
+    return max(1, math.ceil(duration_s / unit_s - 1e-9))
+
+
+def _build(jobs: list[Job], unit_s: float, horizon: int, floor: int) -> _Model:
+    model = cp_model.CpModel()
+    makespan = model.new_int_var(floor, horizon, "makespan")
+    chosen: list[list[cp_model.IntVar]] = []
+    starts: dict[tuple[int, int, int], cp_model.IntVar] = {}
+    by_port: dict[int, list[cp_model.IntervalVar]] = defaultdict(list)
+    for j, job in enumerate(jobs):
+        literals = [model.new_bool_var(f"use_j{j}_r{r}") for r in range(len(job.recipes))]
+        model.add_exactly_one(literals)
+        chosen.append(literals)
+        for r, recipe in enumerate(job.recipes):
+            ends = []
+            for m, spec in enumerate(recipe.moves):
+                size = _units(spec.duration_s, unit_s)
+                start = model.new_int_var(0, horizon - size, f"start_j{j}_r{r}_m{m}")
+                interval = model.new_optional_fixed_size_interval_var(
+                    start, size, literals[r], f"move_j{j}_r{r}_m{m}"
+                )
+                starts[(j, r, m)] = start
+                ends.append(start + size)
+                for p in spec.ports:
+                    by_port[p].append(interval)
+                for d in spec.deps:
+                    model.add(start >= ends[d]).only_enforce_if(literals[r])
+                model.add(makespan >= start + size).only_enforce_if(literals[r])
+    for intervals in by_port.values():
+        if len(intervals) > 1:
+            model.add_no_overlap(intervals)
+    model.minimize(makespan)
+    return _Model(model, chosen, starts, makespan)
+
+
+def _integral_schedule(
+    jobs: list[Job], choice: list[int], order: list[tuple[int, int]], unit_s: float, num_ports: int
+) -> tuple[list[list[int]], int]:
+    """List-schedule the chosen recipes' moves in `order` with rounded-up durations."""
+    ready = [0] * num_ports
+    starts: list[list[int]] = [
+        [0] * len(jobs[j].recipes[choice[j]].moves) for j in range(len(jobs))
+    ]
+    ends: dict[tuple[int, int], int] = {}
+    makespan = 0
+    for j, m in order:
+        spec = jobs[j].recipes[choice[j]].moves[m]
+        size = _units(spec.duration_s, unit_s)
+        start = max([ready[p] for p in spec.ports] + [ends[(j, d)] for d in spec.deps] + [0])
+        starts[j][m] = start
+        ends[(j, m)] = start + size
+        for p in spec.ports:
+            ready[p] = start + size
+        makespan = max(makespan, start + size)
+    return starts, makespan
+
+
+def plan_jobs(
+    problem: Problem, items: list[Item], jobs: list[Job], options: SolveOptions
+) -> SolveResult:
+    """Solve the CP-SAT model over `jobs` (of `items`); recipe 0 of every job is the hint."""
+    num_ports = problem.topology.num_ports
+    hint_moves = MoveList(problem)
+    index_of = materialize(problem, items, [job.recipes[0] for job in jobs], hint_moves)
+    hint_schedule = best_schedule(hint_moves.moves, num_ports)
+    move_of = {
+        i: (j, m) for j, indices in enumerate(index_of) for m, i in enumerate(indices) if i >= 0
+    }
+    most_moves = sum(max(len(r.moves) for r in job.recipes) for job in jobs)
+    unit_s = max(problem.lower_bound_s, 1e-9) * ROUNDING_SHARE / max(1, most_moves)
+    choice = [0] * len(jobs)
+    order = [move_of[i] for i in hint_schedule.order]
+    hint_starts, hint_units = _integral_schedule(jobs, choice, order, unit_s, num_ports)
+    floor = min(hint_units, math.floor(problem.lower_bound_s / unit_s))
+    built = _build(jobs, unit_s, hint_units, floor)
+    for j, literals in enumerate(built.chosen):
+        for r, lit in enumerate(literals):
+            built.model.add_hint(lit, r == 0)
+        for m, start in enumerate(hint_starts[j]):
+            built.model.add_hint(built.starts[(j, 0, m)], start)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = options.time_limit_s
+    solver.parameters.random_seed = options.seed
+    solver.parameters.num_workers = options.num_workers
+    status = solver.solve(built.model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        note = f"cp-sat: {solver.status_name(status)}; the hint is returned"
+        return SolveResult(hint_moves.moves, hint_schedule.order, notes=[note])
+    picked = [
+        next(r for r, lit in enumerate(lits) if solver.boolean_value(lit)) for lits in built.chosen
+    ]
+    moves = MoveList(problem)
+    recipes: list[Recipe] = [jobs[j].recipes[r] for j, r in enumerate(picked)]
+    keyed = []
+    for j, move_indices in enumerate(materialize(problem, items, recipes, moves)):
+        for m, i in enumerate(move_indices):
+            if i >= 0:
+                start = solver.value(built.starts[(j, picked[j], m)])
+                keyed.append((start, len(moves.moves[i].deps), i))
+    schedule = in_order(moves.moves, num_ports, [i for _, _, i in sorted(keyed)])
+    alternative = best_schedule(moves.moves, num_ports)
+    if alternative.makespan_s < schedule.makespan_s:
+        schedule = alternative
+    if hint_schedule.makespan_s < schedule.makespan_s:
+        moves, schedule = hint_moves, hint_schedule
+    best_bound = max(problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s)
+    state = "optimal" if status == cp_model.OPTIMAL else "feasible"
+    return SolveResult(moves.moves, schedule.order, status=state, best_bound_s=best_bound)
+
+
+def jobs_with_hint(problem: Problem, items: list[Item]) -> list[Job]:
+    """Every job's alternatives, the greedy router's recipe first."""
+    jobs: list[Job] = []
+    for i, (item, routed) in enumerate(zip(items, route_all(problem, items), strict=True)):
+        for job, hint in zip(item_jobs(problem, i, item), routed, strict=True):
+            others = tuple(r for r in job.recipes if r != hint)
+            jobs.append(Job(i, (hint, *others)))
+    return jobs
+
+
+def cpsat(problem: Problem, options: SolveOptions) -> SolveResult:
+    items = coalesce(problem)
+    return plan_jobs(problem, items, jobs_with_hint(problem, items), options)
