@@ -88,3 +88,85 @@ def random_request(rng: random.Random, max_hosts: int = 6, max_tensors: int = 3)
             "duplex": rng.choice(["full", "full", "half"]),
         },
     }
+
+
+def _cluster_request(
+    rng: random.Random,
+    gpus_per_host: int,
+    src_hosts: int,
+    dst_hosts: int,
+    overlap: bool,
+    cluster: dict[str, Any],
+    tensors: list[tuple[list[int], str]],
+) -> dict[str, Any]:
+    """Whole-host meshes (as launchers place stages), random DTensor layouts per tensor."""
+    num_hosts = src_hosts + (0 if overlap else dst_hosts)
+    hosts = [list(range(h * gpus_per_host, (h + 1) * gpus_per_host)) for h in range(num_hosts)]
+    src = [d for h in hosts[:src_hosts] for d in h]
+    dst = [d for h in (hosts[:dst_hosts] if overlap else hosts[src_hosts:]) for d in h]
+    meshes = {
+        "src": {"shape": _mesh_shape(rng, len(src), 2), "devices": src},
+        "dst": {"shape": _mesh_shape(rng, len(dst), 2), "devices": dst},
+    }
+    out = []
+    for t, (shape, dtype) in enumerate(tensors):
+        out.append(
+            {
+                "name": f"w{t}",
+                "shape": shape,
+                "dtype": dtype,
+                "src": {
+                    "mesh": "src",
+                    "placements": _placements(rng, len(meshes["src"]["shape"]), len(shape)),
+                },
+                "dst": {
+                    "mesh": "dst",
+                    "placements": _placements(rng, len(meshes["dst"]["shape"]), len(shape)),
+                },
+            }
+        )
+    return {"tensors": out, "meshes": meshes, "cluster": {"hosts": hosts, **cluster}}
+
+
+def shared_like_request(rng: random.Random, kind: str) -> dict[str, Any]:
+    """A held-out request of one of the shared cases' kinds: "paper" (4 GPUs and one
+    10 Gbit/s NIC per host, one large activation) or "modern" (8 GPUs and 8 x 400 Gbit/s rails
+    per host, several bf16 tensors), with disjoint or overlapping meshes."""
+    if kind == "paper":
+        shape = [rng.choice([1024, 1536, 2048, 3072]), 1024, rng.choice([128, 170, 256, 512])]
+        cluster = {
+            "nic_gbps": 10,
+            "nics_per_host": 1,
+            "intra_gbps": 800,
+            "latency_us": 10,
+            "duplex": "full",
+        }
+        return _cluster_request(
+            rng,
+            4,
+            rng.randint(1, 3),
+            rng.randint(1, 3),
+            rng.random() < 0.15,
+            cluster,
+            [(shape, "float32")],
+        )
+    if kind == "modern":
+        hidden = rng.choice([4096, 8192])
+        tensors = [
+            (
+                [rng.choice([hidden, 3 * hidden, 4 * hidden]), rng.choice([hidden, hidden // 2])],
+                "bfloat16",
+            )
+            for _ in range(rng.randint(1, 6))
+        ]
+        cluster = {
+            "nic_gbps": 400,
+            "nics_per_host": 8,
+            "intra_gbps": 7200,
+            "latency_us": 5,
+            "duplex": rng.choice(["full", "full", "half"]),
+        }
+        return _cluster_request(
+            rng, 8, rng.randint(1, 4), rng.randint(1, 3), rng.random() < 0.15, cluster, tensors
+        )
+    raise ValueError(f"unknown kind {kind!r}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
-from solver.baselines import broadcast_lb
+from solver.baselines import broadcast_lb, sendrecv
 from solver.items import Item, coalesce
 from solver.moves import MoveList
 from solver.order import best_schedule, in_order
@@ -30,12 +30,12 @@ from solver.recipes import (
     SPLIT_PARTS,
     MoveSpec,
     Recipe,
+    delivery_recipe,
     entry_options,
     local_recipes,
     materialize,
-    move_spec,
     needers_by_host,
-    relay_specs,
+    relay_styles,
     senders,
 )
 
@@ -44,13 +44,17 @@ SPLIT_GAIN = 0.99
 #: the greedy tries splits only for items that alone keep a rail busy this share of the bound
 #: (smaller items are balanced by the choice of sender and rail; their splits cost latency)
 GREEDY_SPLIT_SHARE = 0.5
+#: routing passes after the first, and the item count above which they are skipped
+REROUTE_PASSES = 2
+REROUTE_MAX_ITEMS = 2000
 
 
 class Router:
     """Chooses one recipe per job of every item, booking its work on the ports."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, per_host: bool = False) -> None:
         self.problem = problem
+        self.per_host = per_host
         self.topo = problem.topology
         self.load = np.zeros(self.topo.num_ports)
 
@@ -69,14 +73,23 @@ class Router:
                 extra[p] = extra.get(p, 0.0) + spec.duration_s
         return max(ends, default=0.0)
 
-    def book(self, recipe: Recipe) -> Recipe:
+    def book(self, recipe: Recipe, sign: float = 1.0) -> Recipe:
+        """Add (or with `sign=-1`, take back) the recipe's work on its ports."""
         for spec in recipe.moves:
             for p in spec.ports:
-                self.load[p] += spec.duration_s
+                self.load[p] += sign * spec.duration_s
         return recipe
 
     def best(self, recipes: Sequence[Recipe]) -> Recipe:
-        return min(recipes, key=lambda r: self.finish_s(r.moves))
+        """The recipe with fewest moves among those that finish within what the plan must take
+        anyway (the lower bound, or the busiest port so far); else the one finishing first."""
+        target = max(self.problem.lower_bound_s, float(self.load.max())) * (1 + 1e-9)
+
+        def key(recipe: Recipe) -> tuple[int, float, float]:
+            finish = self.finish_s(recipe.moves)
+            return (0, len(recipe.moves), finish) if finish <= target else (1, finish, 0.0)
+
+        return min(recipes, key=key)
 
     def route(self, index: int, item: Item) -> list[Recipe]:
         """One recipe per job of the item (local hosts in order, then the remote hosts)."""
@@ -112,57 +125,92 @@ class Router:
         problem = self.problem
         sources = self._senders(item)
         entries = {h: self._entries(h, ds) for h, ds in remote.items()}
-        relay = self.topo.num_rails > 1 and any(len(ds) > 1 for ds in remote.values())
-        candidates = []
-        for s in sources:
-            if relay:
-                layout = {h: e[0] for h, e in entries.items()}
-                inter = move_spec(problem, item, 1, s, list(layout.values()))
-                candidates.append(
-                    Recipe(index, 1, (inter, *relay_specs(problem, item, 1, 0, 0, layout, remote)))
+        styles = relay_styles(problem, remote)
+        direct = {h: next(d for d in e if d in remote[h]) for h, e in entries.items()}
+        least = {h: e[0] for h, e in entries.items()}
+        # one needer per host: enter through it (a relay would only add a hop); else through
+        # the least-loaded rail, which relays to the rest
+        single = all(len(ds) == 1 for ds in remote.values())
+        layouts = [direct] if single else [least]
+        candidates = [
+            delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout)
+            for s in sources
+            for relay, fanout in styles
+            for layout in (layouts if relay else [direct])
+        ]
+        if self.per_host and len(remote) > 1:  # a move per host, least-loaded senders in turn
+            candidates += [
+                delivery_recipe(
+                    problem, index, item, remote, sources, [layout], 1, relay, fanout, True
                 )
-            else:
-                firsts = {h: next(d for d in entries[h] if d in remote[h]) for h in remote}
-                chain = [d for h in remote for d in sorted(remote[h], key=lambda d: d != firsts[h])]
-                candidates.append(Recipe(index, 1, (move_spec(problem, item, 1, s, chain),)))
+                for relay, fanout in styles
+                for layout in (layouts if relay else [direct])
+            ]
         best = self.best(candidates)
         if item.num_bytes / self.topo.nic_bytes_per_s < GREEDY_SPLIT_SHARE * problem.lower_bound_s:
             return best
-        best_finish = self.finish_s(best.moves)
         width = max(len(sources), min(len(e) for e in entries.values()))
+        splits = []
         for parts in SPLIT_PARTS:
             if parts > width:
                 break
             layouts = [{h: e[j % len(e)] for h, e in entries.items()} for j in range(parts)]
-            moves: list[MoveSpec] = []
-            for part in range(parts):
-                at = len(moves)
-                src = sources[part % len(sources)]
-                moves.append(
-                    move_spec(problem, item, parts, src, list(layouts[part].values()), part)
+            for _, fanout in styles:
+                splits.append(
+                    delivery_recipe(
+                        problem, index, item, remote, sources, layouts, parts, True, fanout
+                    )
                 )
-                moves.extend(relay_specs(problem, item, parts, part, at, layouts[part], remote))
-            finish = self.finish_s(moves)
-            if finish < best_finish * SPLIT_GAIN:
-                best, best_finish = Recipe(index, parts, tuple(moves)), finish
+        split = self.best([best, *splits])
+        if self.finish_s(split.moves) < self.finish_s(best.moves) * SPLIT_GAIN:
+            return split
         return best
 
 
-def route_all(problem: Problem, items: Sequence[Item]) -> list[list[Recipe]]:
-    """The greedy's recipe for every job of every item."""
-    router = Router(problem)
-    return [router.route(i, item) for i, item in enumerate(items)]
+def route_all(
+    problem: Problem, items: Sequence[Item], per_host: bool = False
+) -> list[list[Recipe]]:
+    """The greedy's recipe for every job of every item.
+
+    After the first pass every item is routed again against the load of all the others (its
+    own taken off), so early items that grabbed idle rails give them back when later items need
+    them more; this stops when a pass changes nothing.
+    """
+    router = Router(problem, per_host)
+    chosen = [router.route(i, item) for i, item in enumerate(items)]
+    passes = REROUTE_PASSES if len(items) <= REROUTE_MAX_ITEMS else 0
+    for _ in range(passes):
+        changed = False
+        for i, item in enumerate(items):
+            for recipe in chosen[i]:
+                router.book(recipe, sign=-1.0)
+            again = router.route(i, item)
+            changed |= again != chosen[i]
+            chosen[i] = again
+        if not changed:
+            break
+    return chosen
 
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
+    """Route and list-schedule; on small problems also with a move per remote host allowed.
+    The shortest plan wins, `broadcast-lb` and `sendrecv` included."""
     items = coalesce(problem)
-    recipes = [r for per_item in route_all(problem, items) for r in per_item]
-    moves = MoveList(problem)
-    materialize(problem, items, recipes, moves)
     num_ports = problem.topology.num_ports
-    schedule = best_schedule(moves.moves, num_ports)
-    fallback = broadcast_lb(problem, options)
-    fallback_makespan = in_order(fallback.moves, num_ports, fallback.order).makespan_s
-    if fallback_makespan < schedule.makespan_s:
-        return SolveResult(fallback.moves, fallback.order, notes=["broadcast-lb was shorter"])
-    return SolveResult(moves.moves, schedule.order)
+    variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
+    best: tuple[float, SolveResult] | None = None
+    for per_host in variants:
+        recipes = [r for per_item in route_all(problem, items, per_host) for r in per_item]
+        moves = MoveList(problem)
+        materialize(problem, items, recipes, moves)
+        schedule = best_schedule(moves.moves, num_ports)
+        if best is None or schedule.makespan_s < best[0]:
+            best = (schedule.makespan_s, SolveResult(moves.moves, schedule.order))
+    assert best is not None
+    for name, fallback in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):
+        result = fallback(problem, options)
+        makespan = in_order(result.moves, num_ports, result.order).makespan_s
+        if makespan < best[0]:
+            result.notes.append(f"{name} was shorter")
+            best = (makespan, result)
+    return best[1]

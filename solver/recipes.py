@@ -79,13 +79,17 @@ def relay_specs(
     inter: int,
     entries: dict[int, int],
     remote: dict[int, list[int]],
+    fanout: bool = False,
 ) -> list[MoveSpec]:
-    """Moves from each host's entry device to the other needers of that host."""
+    """Moves from each host's entry device to the other needers of that host: one NVLink
+    chain through them all, or (`fanout`) one p2p move each, which holds only the entry's
+    output and one input at a time."""
     out = []
     for h, entry in entries.items():
         others = [d for d in remote[h] if d != entry]
-        if others:
-            out.append(move_spec(problem, item, num_parts, entry, others, part, deps=[inter]))
+        groups = [[d] for d in others] if fanout else [others] if others else []
+        for group in groups:
+            out.append(move_spec(problem, item, num_parts, entry, group, part, deps=[inter]))
     return out
 
 
@@ -97,18 +101,25 @@ def needers_by_host(problem: Problem, devices: Sequence[int]) -> dict[int, list[
 
 
 def local_recipes(problem: Problem, index: int, item: Item, host: int) -> list[Recipe]:
-    """Chains from each local holder, and the needers shared round-robin by all holders."""
+    """A chain from each local holder; the needers shared round-robin by all holders, one chain
+    each; and one p2p move per needer, holders taken round-robin."""
     holders = [s for s in item.holders if problem.topology.host_of[s] == host][:MAX_SENDERS]
     needers = [d for d in item.needers if problem.topology.host_of[d] == host]
     recipes = [Recipe(index, 1, (move_spec(problem, item, 1, s, needers),)) for s in holders]
-    if len(holders) > 1 and len(needers) > 1:
-        groups = [needers[k :: len(holders)] for k in range(len(holders))]
-        specs = tuple(
-            move_spec(problem, item, 1, s, group)
-            for s, group in zip(holders, groups, strict=False)
-            if group
+    if len(needers) > 1:
+        if len(holders) > 1:
+            groups = [needers[k :: len(holders)] for k in range(len(holders))]
+            shared = (
+                move_spec(problem, item, 1, s, g)
+                for s, g in zip(holders, groups, strict=False)
+                if g
+            )
+            recipes.append(Recipe(index, 1, tuple(shared)))
+        p2p = (
+            move_spec(problem, item, 1, holders[k % len(holders)], [d])
+            for k, d in enumerate(needers)
         )
-        recipes.append(Recipe(index, 1, specs))
+        recipes.append(Recipe(index, 1, tuple(p2p)))
     return recipes
 
 
@@ -135,16 +146,55 @@ def entry_options(problem: Problem, host: int, needers: list[int]) -> list[int]:
     return [best[r] for r in sorted(best)]
 
 
-def remote_recipes(
-    problem: Problem, index: int, item: Item, remote: dict[int, list[int]]
-) -> list[Recipe]:
-    """Chains from every sender; on multi-rail hosts one per entry rail (the same rail index on
-    every host, or the needer's own rail), with relays; split recipes for large items."""
+def delivery_recipe(
+    problem: Problem,
+    index: int,
+    item: Item,
+    remote: dict[int, list[int]],
+    sources: Sequence[int],
+    layouts: Sequence[dict[int, int]],
+    parts: int = 1,
+    relay: bool = True,
+    fanout: bool = False,
+    per_host: bool = False,
+) -> Recipe:
+    """The item cut in `parts` slices; slice j goes from `sources[j]` into every remote host
+    through entry `layouts[j][host]`: by one chain across the hosts, or (`per_host`) by one
+    move per host, the k-th from the next source. With `relay` a move stops at the entries,
+    which pass the slice on inside their hosts; without, it runs through all needers."""
+    groups = [[h] for h in remote] if per_host else [list(remote)]
+    moves: list[MoveSpec] = []
+    for part in range(parts):
+        entries = layouts[part % len(layouts)]
+        for k, hosts in enumerate(groups):
+            src = sources[(part + k) % len(sources)]
+            if not relay:
+                chain = [d for h in hosts for d in sorted(remote[h], key=lambda d: d != entries[h])]
+                moves.append(move_spec(problem, item, parts, src, chain, part))
+                continue
+            at = len(moves)
+            reached = {h: entries[h] for h in hosts}
+            moves.append(move_spec(problem, item, parts, src, list(reached.values()), part))
+            moves.extend(relay_specs(problem, item, parts, part, at, reached, remote, fanout))
+    return Recipe(index, parts, tuple(moves))
+
+
+def relay_styles(problem: Problem, remote: dict[int, list[int]]) -> list[tuple[bool, bool]]:
+    """(relay, fanout) pairs worth trying: single-rail hosts take the whole chain; multi-rail
+    hosts relay from the entry, by chain or, with three or more needers, also by fan-out."""
+    if problem.topology.num_rails == 1:
+        return [(False, False)]
+    if all(len(ds) == 1 for ds in remote.values()):
+        return [(True, False)]
+    if any(len(ds) > 2 for ds in remote.values()):
+        return [(True, False), (True, True)]
+    return [(True, False)]
+
+
+def rail_layouts(problem: Problem, remote: dict[int, list[int]]) -> list[dict[int, int]]:
+    """Entry devices per host, one layout per rail index (falling back to the host's first
+    option where it has nothing on that rail), without repeats."""
     topo = problem.topology
-    sources = senders(problem, item)[:MAX_SENDERS]
-    if topo.num_rails == 1:
-        chain = [d for ds in remote.values() for d in ds]
-        return [Recipe(index, 1, (move_spec(problem, item, 1, s, chain),)) for s in sources]
     options = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
     layouts: list[dict[int, int]] = []
     for rail in range(topo.num_rails):
@@ -154,39 +204,35 @@ def remote_recipes(
         }
         if layout not in layouts:
             layouts.append(layout)
-    recipes = []
-    for s in sources:
-        for entries in layouts:
-            inter = move_spec(problem, item, 1, s, list(entries.values()))
-            recipes.append(
-                Recipe(index, 1, (inter, *relay_specs(problem, item, 1, 0, 0, entries, remote)))
-            )
-    if item.num_bytes / topo.nic_bytes_per_s >= SPLIT_SHARE * problem.lower_bound_s:
+    return layouts
+
+
+def remote_recipes(
+    problem: Problem, index: int, item: Item, remote: dict[int, list[int]]
+) -> list[Recipe]:
+    """Every sender x entry layout x relay style, and splits for large items."""
+    sources = senders(problem, item)[:MAX_SENDERS]
+    layouts = rail_layouts(problem, remote)
+    styles = relay_styles(problem, remote)
+    hosts_split = (False, True) if len(remote) > 1 else (False,)
+    recipes = [
+        delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout, per_host)
+        for s in sources
+        for layout in layouts
+        for relay, fanout in styles
+        for per_host in hosts_split
+    ]
+    if item.num_bytes / problem.topology.nic_bytes_per_s >= SPLIT_SHARE * problem.lower_bound_s:
         for parts in SPLIT_PARTS:
             if parts > len(layouts):
                 break
-            recipes.append(split_recipe(problem, index, item, remote, sources, layouts, parts))
+            for _, fanout in styles:
+                recipes.append(
+                    delivery_recipe(
+                        problem, index, item, remote, sources, layouts, parts, True, fanout
+                    )
+                )
     return recipes
-
-
-def split_recipe(
-    problem: Problem,
-    index: int,
-    item: Item,
-    remote: dict[int, list[int]],
-    sources: Sequence[int],
-    layouts: Sequence[dict[int, int]],
-    parts: int,
-) -> Recipe:
-    """`parts` slices, slice j from sources[j] through layouts[j], all-gathered per host."""
-    moves: list[MoveSpec] = []
-    for part in range(parts):
-        entries = layouts[part % len(layouts)]
-        inter_at = len(moves)
-        src = sources[part % len(sources)]
-        moves.append(move_spec(problem, item, parts, src, list(entries.values()), part))
-        moves.extend(relay_specs(problem, item, parts, part, inter_at, entries, remote))
-    return Recipe(index, parts, tuple(moves))
 
 
 def item_jobs(problem: Problem, index: int, item: Item) -> list[Job]:
