@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -24,11 +25,12 @@ from solver.base import SolveOptions, SolveResult
 from solver.greedy import route_all
 from solver.items import Item, coalesce
 from solver.moves import MoveList
-from solver.order import best_schedule, in_order
-from solver.recipes import Job, Recipe, item_jobs, materialize
+from solver.order import best_schedule
+from solver.recipes import Job, item_jobs
+from solver.routing import Routing, realize, to_result
 
 #: time resolution: the sum of rounding over a whole plan stays below this share of the bound
-ROUNDING_SHARE = 1e-4
+ROUNDING_SHARE = 1e-7
 
 
 @dataclass
@@ -43,7 +45,7 @@ def _units(duration_s: float, unit_s: float) -> int:
     return max(1, math.ceil(duration_s / unit_s - 1e-9))
 
 
-def _build(jobs: list[Job], unit_s: float, horizon: int, floor: int) -> _Model:
+def _build(jobs: Sequence[Job], unit_s: float, horizon: int, floor: int) -> _Model:
     model = cp_model.CpModel()
     makespan = model.new_int_var(floor, horizon, "makespan")
     chosen: list[list[cp_model.IntVar]] = []
@@ -76,7 +78,11 @@ def _build(jobs: list[Job], unit_s: float, horizon: int, floor: int) -> _Model:
 
 
 def _integral_schedule(
-    jobs: list[Job], choice: list[int], order: list[tuple[int, int]], unit_s: float, num_ports: int
+    jobs: Sequence[Job],
+    choice: list[int],
+    order: list[tuple[int, int]],
+    unit_s: float,
+    num_ports: int,
 ) -> tuple[list[list[int]], int]:
     """List-schedule the chosen recipes' moves in `order` with rounded-up durations."""
     ready = [0] * num_ports
@@ -97,16 +103,21 @@ def _integral_schedule(
     return starts, makespan
 
 
-def plan_jobs(
-    problem: Problem, items: list[Item], jobs: list[Job], options: SolveOptions
-) -> SolveResult:
-    """Solve the CP-SAT model over `jobs` (of `items`); recipe 0 of every job is the hint."""
+def cpsat_routing(
+    problem: Problem, items: Sequence[Item], jobs: Sequence[Job], options: SolveOptions
+) -> Routing:
+    """Solve the CP-SAT model over `jobs`; recipe 0 of every job is the hint. The routing's
+    order follows the model's start times."""
     num_ports = problem.topology.num_ports
+    hint = Routing([[(job.recipes[0], 1.0)] for job in jobs])
     hint_moves = MoveList(problem)
-    index_of = materialize(problem, items, [job.recipes[0] for job in jobs], hint_moves)
+    hint_index = realize(problem, items, hint.shares, hint_moves)
     hint_schedule = best_schedule(hint_moves.moves, num_ports)
     move_of = {
-        i: (j, m) for j, indices in enumerate(index_of) for m, i in enumerate(indices) if i >= 0
+        i: (j, m)
+        for j, per_share in enumerate(hint_index)
+        for m, i in enumerate(per_share[0])
+        if i >= 0
     }
     most_moves = sum(max(len(r.moves) for r in job.recipes) for job in jobs)
     unit_s = max(problem.lower_bound_s, 1e-9) * ROUNDING_SHARE / max(1, most_moves)
@@ -126,31 +137,27 @@ def plan_jobs(
     solver.parameters.num_workers = options.num_workers
     status = solver.solve(built.model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        note = f"cp-sat: {solver.status_name(status)}; the hint is returned"
-        return SolveResult(hint_moves.moves, hint_schedule.order, notes=[note])
+        hint.notes.append(f"cp-sat: {solver.status_name(status)}; the hint is returned")
+        return hint
     picked = [
         next(r for r, lit in enumerate(lits) if solver.boolean_value(lit)) for lits in built.chosen
     ]
-    moves = MoveList(problem)
-    recipes: list[Recipe] = [jobs[j].recipes[r] for j, r in enumerate(picked)]
+    routing = Routing([[(jobs[j].recipes[r], 1.0)] for j, r in enumerate(picked)])
     keyed = []
-    for j, move_indices in enumerate(materialize(problem, items, recipes, moves)):
-        for m, i in enumerate(move_indices):
+    for j, per_share in enumerate(realize(problem, items, routing.shares, MoveList(problem))):
+        for m, i in enumerate(per_share[0]):
             if i >= 0:
                 start = solver.value(built.starts[(j, picked[j], m)])
-                keyed.append((start, len(moves.moves[i].deps), i))
-    schedule = in_order(moves.moves, num_ports, [i for _, _, i in sorted(keyed)])
-    alternative = best_schedule(moves.moves, num_ports)
-    if alternative.makespan_s < schedule.makespan_s:
-        schedule = alternative
-    if hint_schedule.makespan_s < schedule.makespan_s:
-        moves, schedule = hint_moves, hint_schedule
-    best_bound = max(problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s)
-    state = "optimal" if status == cp_model.OPTIMAL else "feasible"
-    return SolveResult(moves.moves, schedule.order, status=state, best_bound_s=best_bound)
+                keyed.append((start, len(jobs[j].recipes[picked[j]].moves[m].deps), i))
+    routing.order = [i for _, _, i in sorted(keyed)]
+    routing.status = "optimal" if status == cp_model.OPTIMAL else "feasible"
+    routing.best_bound_s = max(
+        problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s
+    )
+    return routing
 
 
-def jobs_with_hint(problem: Problem, items: list[Item]) -> list[Job]:
+def jobs_with_hint(problem: Problem, items: Sequence[Item]) -> list[Job]:
     """Every job's alternatives, the greedy router's recipe first."""
     jobs: list[Job] = []
     for i, (item, routed) in enumerate(zip(items, route_all(problem, items), strict=True)):
@@ -162,4 +169,5 @@ def jobs_with_hint(problem: Problem, items: list[Item]) -> list[Job]:
 
 def cpsat(problem: Problem, options: SolveOptions) -> SolveResult:
     items = coalesce(problem)
-    return plan_jobs(problem, items, jobs_with_hint(problem, items), options)
+    routing = cpsat_routing(problem, items, jobs_with_hint(problem, items), options)
+    return to_result(problem, items, routing)

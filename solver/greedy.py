@@ -24,8 +24,6 @@ from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
 from solver.items import Item, coalesce
-from solver.moves import MoveList
-from solver.order import best_schedule, in_order
 from solver.recipes import (
     SPLIT_PARTS,
     MoveSpec,
@@ -33,11 +31,11 @@ from solver.recipes import (
     delivery_recipe,
     entry_options,
     local_recipes,
-    materialize,
     needers_by_host,
     relay_styles,
     senders,
 )
+from solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
@@ -192,25 +190,28 @@ def route_all(
     return chosen
 
 
+def greedy_routing(problem: Problem, items: Sequence[Item], per_host: bool = False) -> Routing:
+    """The router's recipes as a routing (each item whole on its recipe)."""
+    return Routing(
+        [[(r, 1.0)] for per_item in route_all(problem, items, per_host) for r in per_item]
+    )
+
+
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     """Route and list-schedule; on small problems also with a move per remote host allowed.
     The shortest plan wins, `broadcast-lb` and `sendrecv` included."""
     items = coalesce(problem)
-    num_ports = problem.topology.num_ports
     variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
-    best: tuple[float, SolveResult] | None = None
-    for per_host in variants:
-        recipes = [r for per_item in route_all(problem, items, per_host) for r in per_item]
-        moves = MoveList(problem)
-        materialize(problem, items, recipes, moves)
-        schedule = best_schedule(moves.moves, num_ports)
-        if best is None or schedule.makespan_s < best[0]:
-            best = (schedule.makespan_s, SolveResult(moves.moves, schedule.order))
-    assert best is not None
-    for name, fallback in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):
-        result = fallback(problem, options)
-        makespan = in_order(result.moves, num_ports, result.order).makespan_s
-        if makespan < best[0]:
-            result.notes.append(f"{name} was shorter")
-            best = (makespan, result)
-    return best[1]
+    candidates = [
+        ("", to_result(problem, items, greedy_routing(problem, items, per_host)))
+        for per_host in variants
+    ]
+    candidates += [
+        ("broadcast-lb", broadcast_lb(problem, options)),
+        ("sendrecv", sendrecv(problem, options)),
+    ]
+    timed = [(result_makespan_s(problem, result), k) for k, (_, result) in enumerate(candidates)]
+    name, best = candidates[min(timed)[1]]
+    if name:
+        best.notes.append(f"{name} was shorter")
+    return best

@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from planner.cost import transfer_cost
-from planner.plan import Piece
 from planner.problem import Problem
 from solver.items import Item
-from solver.moves import MoveList, split_piece
 
 #: most senders tried per remote job
 MAX_SENDERS = 8
@@ -248,29 +246,3 @@ def item_jobs(problem: Problem, index: int, item: Item) -> list[Job]:
     if remote:
         jobs.append(Job(index, tuple(remote_recipes(problem, index, item, remote))))
     return jobs
-
-
-def materialize(
-    problem: Problem, items: Sequence[Item], chosen: Sequence[Recipe], moves: MoveList
-) -> list[list[int]]:
-    """Add the moves of the chosen recipes to `moves`; return each recipe's move indices,
-    -1 where a slice rounds to nothing and adds no move."""
-    out = []
-    for recipe in chosen:
-        item = items[recipe.item]
-        slices: list[list[Piece]] = [[] for _ in range(recipe.num_parts)]
-        for piece in item.pieces:
-            for part, cut in enumerate(split_piece(piece, [1.0] * recipe.num_parts)):
-                if cut is not None:
-                    slices[part].append(cut)
-        indices: list[int] = []
-        for spec in recipe.moves:
-            pieces = slices[spec.part]
-            if not pieces:
-                indices.append(-1)
-                continue
-            num_bytes = sum(problem.piece_bytes(p) for p in pieces)
-            deps = [indices[d] for d in spec.deps if indices[d] >= 0]
-            indices.append(moves.add(spec.src, spec.dst, pieces, num_bytes, deps))
-        out.append(indices)
-    return out

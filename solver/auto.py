@@ -1,0 +1,167 @@
+"""`auto`, the default: the best plan meshcast can find within the time limit (DESIGN §4).
+
+1. The greedy plan (with its `broadcast-lb` and `sendrecv` fallbacks) is the plan to beat.
+2. The request is split into independent components (no shared host, so no shared port);
+   identical components are solved once and the routing replayed on the others.
+3. Each distinct component goes to CP-SAT when its model is small enough to search in its
+   share of the time limit, else to the MILP when that is small enough, else stays greedy;
+   the solver's routing is kept only where it beats the greedy routing of that component.
+4. The assembled plan is returned unless the greedy plan is shorter: never worse than greedy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from planner.problem import Problem
+from solver.base import SolveOptions, SolveResult
+from solver.components import Component, components, replay
+from solver.cpsat import cpsat_routing, jobs_with_hint
+from solver.greedy import greedy, greedy_routing
+from solver.items import Item, coalesce
+from solver.milp import milp_routing
+from solver.moves import MoveList
+from solver.order import best_schedule, in_order, port_loads
+from solver.recipes import Job
+from solver.routing import Routing, realize, result_makespan_s
+
+#: largest CP-SAT model (optional intervals) and MILP (route columns) auto hands over
+MAX_CP_INTERVALS = 12_000
+MAX_MILP_COLUMNS = 20_000
+
+
+def _makespan_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
+    moves = MoveList(problem)
+    realize(problem, items, routing.shares, moves)
+    num_ports = problem.topology.num_ports
+    best = best_schedule(moves.moves, num_ports).makespan_s
+    if routing.order is not None and sorted(routing.order) == list(range(len(moves))):
+        best = min(best, in_order(moves.moves, num_ports, routing.order).makespan_s)
+    return best
+
+
+def _busiest_port_s(problem: Problem, items: Sequence[Item], jobs: Sequence[Job]) -> float:
+    """Seconds of work on the busiest port when every job takes its first recipe."""
+    moves = MoveList(problem)
+    realize(problem, items, [[(job.recipes[0], 1.0)] for job in jobs], moves)
+    return float(port_loads(moves.moves, problem.topology.num_ports).max()) * (1 + 1e-9)
+
+
+@dataclass
+class _Found:
+    """A component's routing (None: the request-wide greedy plan stands) and its provenance."""
+
+    routing: Routing | None
+    algorithm: str = "greedy"
+    status: str = "heuristic"
+    bound_s: float | None = None
+
+
+def _solve_component(
+    problem: Problem, items: Sequence[Item], time_limit_s: float, seed: int, greedy_s: float | None
+) -> _Found:
+    """The best routing found for one component's items.
+
+    `greedy_s` is the greedy makespan to beat when known (the component is the whole request);
+    otherwise the component's own greedy routing is computed, and kept when nothing beats it.
+    """
+    found = _Found(None)
+    if greedy_s is None:
+        found.routing = min(
+            (greedy_routing(problem, items, per_host) for per_host in (False, True)),
+            key=lambda r: _makespan_s(problem, items, r),
+        )
+        greedy_s = _makespan_s(problem, items, found.routing)
+    if greedy_s <= problem.lower_bound_s * (1 + 1e-9) or time_limit_s <= 0.05:
+        return found
+    jobs = jobs_with_hint(problem, items)
+    if all(len(job.recipes) == 1 for job in jobs):
+        busiest = _busiest_port_s(problem, items, jobs)
+        if greedy_s <= busiest * (1 + 1e-9):
+            # no job has an alternative route and the busiest port never idles: no schedule
+            # of these routes is shorter
+            found.status, found.bound_s = "optimal", busiest
+            return found
+    intervals = sum(len(r.moves) for job in jobs for r in job.recipes)
+    columns = sum(len(job.recipes) for job in jobs)
+    options = SolveOptions(time_limit_s=time_limit_s, seed=seed)
+    if intervals <= MAX_CP_INTERVALS:
+        routing, algorithm = cpsat_routing(problem, items, jobs, options), "cpsat"
+    elif columns <= MAX_MILP_COLUMNS:
+        routing, algorithm = milp_routing(problem, items, jobs, options), "milp"
+    else:
+        return found
+    if _makespan_s(problem, items, routing) <= greedy_s:  # a tie brings the solver's proof
+        return _Found(routing, algorithm, routing.status, routing.best_bound_s)
+    return found
+
+
+def auto(problem: Problem, options: SolveOptions) -> SolveResult:
+    deadline = time.perf_counter() + options.time_limit_s
+    baseline = greedy(problem, options)
+    baseline_makespan = result_makespan_s(problem, baseline)
+    if baseline_makespan <= problem.lower_bound_s * (1 + 1e-9):
+        baseline.notes.append("greedy reached the lower bound")
+        return baseline
+    items = coalesce(problem)
+    comps = components(problem, items)
+    distinct: dict[tuple[object, ...], Component] = {}
+    for comp in comps:
+        distinct.setdefault(comp.signature, comp)
+    whole = baseline_makespan if len(comps) == 1 else None
+    solved: dict[tuple[object, ...], _Found] = {}
+    for sig, comp in distinct.items():
+        pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
+        share = (deadline - time.perf_counter()) * len(comp.items) / pending
+        comp_items = [items[i] for i in comp.items]
+        solved[sig] = _solve_component(problem, comp_items, share, options.seed, whole)
+    notes = [
+        f"{len(comps)} component(s), {len(distinct)} distinct; "
+        + ", ".join(sorted({f.algorithm for f in solved.values()}))
+    ]
+    statuses = {f.status for f in solved.values()}
+    single = next(iter(solved.values())) if len(solved) == 1 else None
+    if single is not None and single.routing is None:  # the whole request, greedy kept
+        baseline.notes += notes
+        if single.status == "optimal":
+            baseline.status, baseline.best_bound_s = single.status, single.bound_s
+        return baseline
+    moves = MoveList(problem)
+    order: list[int] | None = []
+    for comp in comps:
+        found = solved[comp.signature]
+        assert found.routing is not None
+        routing = found.routing
+        comp_items = [items[i] for i in comp.items]
+        if comp is not distinct[comp.signature]:
+            routing = replay(problem, comp_items, routing, distinct[comp.signature], comp)
+        first = len(moves)
+        realize(problem, comp_items, routing.shares, moves)
+        if (
+            order is not None
+            and routing.order is not None
+            and sorted(routing.order) == list(range(len(moves) - first))
+        ):
+            order.extend(first + k for k in routing.order)
+        else:
+            order = None
+    num_ports = problem.topology.num_ports
+    schedule = best_schedule(moves.moves, num_ports)
+    if order is not None:
+        given = in_order(moves.moves, num_ports, order)
+        if given.makespan_s <= schedule.makespan_s:
+            schedule = given
+    if schedule.makespan_s > baseline_makespan:
+        baseline.notes += [*notes, "greedy plan kept"]
+        return baseline
+    status = (
+        "optimal"
+        if statuses == {"optimal"}
+        else "feasible"
+        if "feasible" in statuses
+        else "heuristic"
+    )
+    bound = single.bound_s if single is not None else None
+    return SolveResult(moves.moves, schedule.order, status, bound, notes)

@@ -1,0 +1,104 @@
+"""Routings: which recipes (and what share of each item) deliver every job, and in what order.
+
+Every routing algorithm (greedy, cpsat, milp) returns a `Routing`; `realize` turns it into
+moves with pieces and `to_result` list-schedules them. Because realising is deterministic, a
+routing found for one component can be replayed on an identical one (see `solver.auto`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from planner.plan import Piece
+from planner.problem import Problem
+from solver.base import SolveResult
+from solver.items import Item
+from solver.moves import MoveList, split_piece
+from solver.order import best_schedule, in_order
+from solver.recipes import Recipe
+
+#: (recipe, fraction of the item it carries)
+Share = tuple[Recipe, float]
+
+
+@dataclass
+class Routing:
+    """Shares per job, and optionally an execution order of the realised moves."""
+
+    shares: list[list[Share]]
+    order: list[int] | None = None
+    status: str = "heuristic"
+    best_bound_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _slices(item: Item, fractions: Sequence[float]) -> list[list[Piece]]:
+    out: list[list[Piece]] = [[] for _ in fractions]
+    for piece in item.pieces:
+        for k, cut in enumerate(split_piece(piece, fractions)):
+            if cut is not None:
+                out[k].append(cut)
+    return out
+
+
+def realize(
+    problem: Problem, items: Sequence[Item], shares: Sequence[Sequence[Share]], moves: MoveList
+) -> list[list[list[int]]]:
+    """Add the moves of every share of every job to `moves`.
+
+    The item is cut by the shares' fractions, each share's slice into its recipe's parts.
+    Returns, per job and share, the move index of each recipe move (-1 where the slice is
+    empty and no move is added).
+    """
+    out: list[list[list[int]]] = []
+    for job_shares in shares:
+        if not job_shares:
+            out.append([])
+            continue
+        item = items[job_shares[0][0].item]
+        per_share = []
+        for (recipe, _), pieces in zip(
+            job_shares, _slices(item, [f for _, f in job_shares]), strict=True
+        ):
+            parts = _slices(Item(tuple(pieces), 0, (), ()), [1.0] * recipe.num_parts)
+            indices: list[int] = []
+            for spec in recipe.moves:
+                part = parts[spec.part]
+                if not part:
+                    indices.append(-1)
+                    continue
+                num_bytes = sum(problem.piece_bytes(p) for p in part)
+                deps = [indices[d] for d in spec.deps if indices[d] >= 0]
+                indices.append(moves.add(spec.src, spec.dst, part, num_bytes, deps))
+            per_share.append(indices)
+        out.append(per_share)
+    return out
+
+
+def _respects_deps(moves: MoveList, order: Sequence[int]) -> bool:
+    """`order` is a permutation of the moves with every relay after its source move."""
+    if sorted(order) != list(range(len(moves))):
+        return False
+    position = {i: k for k, i in enumerate(order)}
+    return all(position[d] < position[i] for i, m in enumerate(moves.moves) for d in m.deps)
+
+
+def result_makespan_s(problem: Problem, result: SolveResult) -> float:
+    """The port-v1 makespan of a solver result's moves in its order."""
+    return in_order(result.moves, problem.topology.num_ports, result.order).makespan_s
+
+
+def to_result(problem: Problem, items: Sequence[Item], routing: Routing) -> SolveResult:
+    """Realise the routing and keep the shorter of its own order and the list schedulers'."""
+    moves = MoveList(problem)
+    realize(problem, items, routing.shares, moves)
+    num_ports = problem.topology.num_ports
+    schedule = best_schedule(moves.moves, num_ports)
+    if routing.order is not None and _respects_deps(moves, routing.order):
+        given = in_order(moves.moves, num_ports, routing.order)
+        if given.makespan_s <= schedule.makespan_s:
+            schedule = given
+    return SolveResult(
+        moves.moves, schedule.order, routing.status, routing.best_bound_s, list(routing.notes)
+    )
