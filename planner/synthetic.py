@@ -170,3 +170,38 @@ def shared_like_request(rng: random.Random, kind: str) -> dict[str, Any]:
             rng, 8, rng.randint(1, 4), rng.randint(1, 3), rng.random() < 0.15, cluster, tensors
         )
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def transpose_request(num_devices: int, gpus_per_host: int = 8) -> dict[str, Any]:
+    """`num_devices` GPUs, half a source and half a destination mesh of whole hosts, one bf16
+    activation moved from S(0),S(1) to S(1),S(0): the shape of the shared 1024-GPU case."""
+    per_side = num_devices // 2
+    per_host = min(gpus_per_host, per_side)
+    if per_side < 1 or per_side % per_host:
+        raise ValueError(f"{num_devices} devices do not fill hosts of {per_host}")
+    rows = per_side // per_host
+    hosts = [list(range(h * per_host, (h + 1) * per_host)) for h in range(2 * rows)]
+    layout = {"shape": [rows, per_host]}
+    return {
+        "tensors": [
+            {
+                "name": "x",
+                "shape": [65536, 8192],
+                "dtype": "bfloat16",
+                "src": {"mesh": "src", "placements": ["S(0)", "S(1)"]},
+                "dst": {"mesh": "dst", "placements": ["S(1)", "S(0)"]},
+            }
+        ],
+        "meshes": {
+            "src": {**layout, "devices": list(range(per_side))},
+            "dst": {**layout, "devices": list(range(per_side, 2 * per_side))},
+        },
+        "cluster": {
+            "hosts": hosts,
+            "nic_gbps": 200,
+            "nics_per_host": 1,
+            "intra_gbps": 2400,
+            "latency_us": 5,
+            "duplex": "full",
+        },
+    }

@@ -81,6 +81,8 @@ class Router:
     def best(self, recipes: Sequence[Recipe]) -> Recipe:
         """The recipe with fewest moves among those that finish within what the plan must take
         anyway (the lower bound, or the busiest port so far); else the one finishing first."""
+        if len(recipes) == 1:
+            return recipes[0]
         target = max(self.problem.lower_bound_s, float(self.load.max())) * (1 + 1e-9)
 
         def key(recipe: Recipe) -> tuple[int, float, float]:

@@ -69,6 +69,7 @@ def earliest_start(
     for i, m in enumerate(moves):
         ports[i, : len(m.ports)] = m.ports
     duration = np.array([m.duration_s for m in moves])
+    port_sets = [frozenset(m.ports) for m in moves]
     ready = np.zeros(num_ports + 1)
     remaining = np.zeros(num_ports + 1)
     np.add.at(remaining, ports, np.where(ports < num_ports, duration[:, None], 0.0))
@@ -98,21 +99,25 @@ def earliest_start(
             else:
                 score = static[idx[tied]]
             keys = [-score[:, c] for c in range(score.shape[1] - 1, -1, -1)]
-            pick = int(tied[np.lexsort((tied, *keys))[0]])
-        else:
-            pick = int(tied[0])
-        i = int(idx[pick])
-        alive[i] = False
-        start[i], end[i] = first, first + duration[i]
-        ready[ports[i]] = end[i]
-        ready[num_ports] = 0.0
-        remaining[ports[i]] -= duration[i]
-        order.append(i)
-        for u in users[i]:
-            data_ready[u] = max(data_ready[u], end[i])
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                alive[u] = True
+            tied = tied[np.lexsort((tied, *keys))]
+        # Book the tied moves in priority order while their ports stay free: booking one only
+        # delays moves that share its ports, so this is the same as one pick per step.
+        taken: set[int] = set()
+        for i in idx[tied].tolist():
+            held = port_sets[i]
+            if not taken.isdisjoint(held):
+                continue
+            taken.update(held)
+            alive[i] = False
+            start[i], end[i] = first, first + duration[i]
+            ready[list(held)] = end[i]
+            remaining[list(held)] -= duration[i]
+            order.append(i)
+            for u in users[i]:
+                data_ready[u] = max(data_ready[u], end[i])
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    alive[u] = True
     assert len(order) == n, "moves with cyclic dependencies"
     times = tuple(zip(start.tolist(), end.tolist(), strict=True))
     return Schedule(tuple(order), times, float(end.max()))
