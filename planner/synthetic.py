@@ -174,7 +174,8 @@ def shared_like_request(rng: random.Random, kind: str) -> dict[str, Any]:
 
 def transpose_request(num_devices: int, gpus_per_host: int = 8) -> dict[str, Any]:
     """`num_devices` GPUs, half a source and half a destination mesh of whole hosts, one bf16
-    activation moved from S(0),S(1) to S(1),S(0): the shape of the shared 1024-GPU case."""
+    activation moved from S(0),S(1) to S(1),S(0), sized so every tile is 256 KiB: at 1024
+    devices this is the shared case `scale-64x8-to-64x8`."""
     per_side = num_devices // 2
     per_host = min(gpus_per_host, per_side)
     if per_side < 1 or per_side % per_host:
@@ -182,11 +183,12 @@ def transpose_request(num_devices: int, gpus_per_host: int = 8) -> dict[str, Any
     rows = per_side // per_host
     hosts = [list(range(h * per_host, (h + 1) * per_host)) for h in range(2 * rows)]
     layout = {"shape": [rows, per_host]}
+    scale = max(rows, gpus_per_host)  # tiles of 1024 x 128 elements (256 KiB) at any size
     return {
         "tensors": [
             {
                 "name": "x",
-                "shape": [65536, 8192],
+                "shape": [1024 * scale, 128 * scale],
                 "dtype": "bfloat16",
                 "src": {"mesh": "src", "placements": ["S(0)", "S(1)"]},
                 "dst": {"mesh": "dst", "placements": ["S(1)", "S(0)"]},

@@ -23,13 +23,18 @@ from solver.greedy import greedy, greedy_routing
 from solver.items import Item, coalesce
 from solver.milp import milp_routing
 from solver.moves import MoveList
-from solver.order import best_schedule, in_order, port_loads
+from solver.order import best_schedule, in_order, port_loads, randomized_search
 from solver.recipes import Job
 from solver.routing import Routing, realize, result_makespan_s
 
 #: largest CP-SAT model (optional intervals) and MILP (route columns) auto hands over
 MAX_CP_INTERVALS = 12_000
 MAX_MILP_COLUMNS = 20_000
+#: share of the time limit for the component solvers; the rest goes to randomized list
+#: schedules of the assembled plan
+SOLVER_SHARE = 0.6
+#: plans up to this many moves spend the time left on randomized list schedules
+SEARCH_MAX_MOVES = 3000
 
 
 def _makespan_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
@@ -114,7 +119,8 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
     solved: dict[tuple[object, ...], _Found] = {}
     for sig, comp in distinct.items():
         pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
-        share = (deadline - time.perf_counter()) * len(comp.items) / pending
+        left = (deadline - time.perf_counter()) * SOLVER_SHARE
+        share = left * len(comp.items) / pending
         comp_items = [items[i] for i in comp.items]
         solved[sig] = _solve_component(problem, comp_items, share, options.seed, whole)
     notes = [
@@ -153,6 +159,8 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
         given = in_order(moves.moves, num_ports, order)
         if given.makespan_s <= schedule.makespan_s:
             schedule = given
+    if len(moves) <= SEARCH_MAX_MOVES:
+        schedule = randomized_search(moves.moves, num_ports, schedule, deadline, options.seed)
     if schedule.makespan_s > baseline_makespan:
         baseline.notes += [*notes, "greedy plan kept"]
         return baseline

@@ -90,8 +90,10 @@ def replay(
     solved: Component,
     target: Component,
 ) -> Routing:
-    """`routing` (found for `solved`, its recipes indexing `solved.items` positions) mapped
-    onto the identical component `target`."""
+    """`routing`, found for `solved`, mapped onto the identical component `target`.
+
+    Recipes index items by position in their component, so `items` is `target`'s own list
+    (`target.items` in order), which pairs position by position with `solved`'s."""
     devices = target.devices_by_label()
 
     def device(d: int) -> int:
@@ -106,7 +108,7 @@ def replay(
     for job in routing.shares:
         mapped = []
         for recipe, fraction in job:
-            item = items[target.items[recipe.item]]
+            item = items[recipe.item]
             moves = tuple(spec(s, item, recipe.num_parts) for s in recipe.moves)
             mapped.append((Recipe(recipe.item, recipe.num_parts, moves), fraction))
         shares.append(mapped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +94,8 @@ def earliest_start(
         tied = np.flatnonzero(est <= first + 1e-12 * max(1.0, first))
         if len(tied) > 1:
             if static is None:
-                score = np.stack(
-                    [remaining[ports[idx[tied]]].sum(axis=1), duration[idx[tied]]], axis=1
-                )
+                work = remaining[ports[idx[tied]]].sum(axis=1)
+                score = np.stack([work, duration[idx[tied]]], axis=1)
             else:
                 score = static[idx[tied]]
             keys = [-score[:, c] for c in range(score.shape[1] - 1, -1, -1)]
@@ -138,3 +138,33 @@ def best_schedule(moves: Sequence[Move], num_ports: int) -> Schedule:
         if candidate.makespan_s < best.makespan_s:
             best = candidate
     return best
+
+
+def randomized_search(
+    moves: Sequence[Move], num_ports: int, incumbent: Schedule, deadline: float, seed: int
+) -> Schedule:
+    """Local search on the execution order until `deadline` (a `time.perf_counter` value):
+    swap two random transfers, keep the swap when the makespan does not grow (so the search
+    drifts across plateaus; a swap that puts a relay before its source is skipped). The best
+    order seen is returned."""
+    rng = np.random.default_rng(seed)
+    n = len(moves)
+    best = current = incumbent
+    has_deps = any(m.deps for m in moves)
+    while n > 1 and time.perf_counter() < deadline:
+        order = list(current.order)
+        a, b = (int(x) for x in rng.integers(n, size=2))
+        order[a], order[b] = order[b], order[a]
+        if has_deps and not _deps_first(moves, order):
+            continue
+        candidate = in_order(moves, num_ports, order)
+        if candidate.makespan_s <= current.makespan_s:
+            current = candidate
+            if candidate.makespan_s < best.makespan_s:
+                best = candidate
+    return best
+
+
+def _deps_first(moves: Sequence[Move], order: Sequence[int]) -> bool:
+    position = {i: k for k, i in enumerate(order)}
+    return all(position[d] < position[i] for i, m in enumerate(moves) for d in m.deps)

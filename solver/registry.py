@@ -56,6 +56,8 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     status, best_bound = result.status, result.best_bound_s
     if sim.makespan_s <= problem.lower_bound_s * (1 + 1e-9):  # the universal bound proves it
         status, best_bound = "optimal", problem.lower_bound_s
+    elif best_bound is not None and sim.makespan_s <= best_bound * (1 + 1e-7):
+        status = "optimal"  # the solver's own proven bound is met
     plan = Plan(
         request_id=problem.request.request_id,
         algorithm=name,
