@@ -56,7 +56,7 @@ def lower_bound_s(topo: Topology, tiles: Tiles, dst_devices: frozenset[int]) -> 
     candidates += [b / (intra + nic) for b in device_bytes.values()]
     candidates.append(send_bound_bytes(group_bytes) / nic)
     bound = max(candidates)
-    return bound + topo.latency_s if bound > 0 else 0.0
+    return float(bound + topo.latency_s) if bound > 0 else 0.0
 
 
 def send_bound_bytes(group_bytes: dict[frozenset[tuple[int, int]], float]) -> float:
