@@ -7,7 +7,7 @@ CASES ?= ../shared/cases
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install serve test lint format demo bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install --quiet -e ".[executor,server,dev]"
 	touch $@
+
+serve: install
+	$(BIN)/uvicorn --factory api.app:create_app --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest -q

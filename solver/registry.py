@@ -58,6 +58,8 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
         status, best_bound = "optimal", problem.lower_bound_s
     elif best_bound is not None and sim.makespan_s <= best_bound * (1 + 1e-7):
         status = "optimal"  # the solver's own proven bound is met
+    if best_bound is not None:  # float noise in unit conversions must not exceed the plan
+        best_bound = min(best_bound, sim.makespan_s)
     plan = Plan(
         request_id=problem.request.request_id,
         algorithm=name,

@@ -1,0 +1,59 @@
+"""A small client for the planning service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from planner.plan import Plan
+
+
+class ServiceError(RuntimeError):
+    """The service refused a call; `field` names what was wrong."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"{status} {field}: {message}")
+        self.status, self.field, self.message = status, field, message
+
+
+class MeshcastClient:
+    """`MeshcastClient("http://127.0.0.1:8000").plan(request_dict)` -> `Plan`."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float = 120.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        response = self._http.request(method, path, json=body)
+        if response.status_code != 200:
+            detail = (
+                response.json().get("detail", {})
+                if response.headers.get("content-type", "").startswith("application/json")
+                else {}
+            )
+            if not isinstance(detail, dict):
+                detail = {"message": str(detail)}
+            raise ServiceError(
+                response.status_code,
+                str(detail.get("field", "")),
+                str(detail.get("message", response.text)),
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+    def plan(self, request: dict[str, Any]) -> Plan:
+        return Plan.from_json(self._call("POST", "/v1/plans", request)["plan"])
+
+    def cached(self, request_id: str) -> Plan:
+        return Plan.from_json(self._call("GET", f"/v1/plans/{request_id}")["plan"])
+
+    def check(self, request: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        return self._call("POST", "/v1/check", {"request": request, "plan": plan.to_json()})
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def close(self) -> None:
+        self._http.close()
