@@ -1,4 +1,5 @@
-"""meshcast executor: runs a `meshcast.plan/v1` inside a torch.distributed job (DESIGN §5).
+"""meshcast executor: runs a `meshcast.plan/v1` inside a torch.distributed job (DESIGN §5)."""
 
-Not implemented yet: the package is reserved so that installs and imports stay stable.
-"""
+from executor.run import PlanMismatchError, execute, plan_fingerprint
+
+__all__ = ["PlanMismatchError", "execute", "plan_fingerprint"]
