@@ -106,6 +106,12 @@ def table(rows: list[dict[str, Any]], algorithms: tuple[str, ...]) -> str:
     return markdown_table(header, body)
 
 
+def detail_table(rows: list[dict[str, Any]], algorithms: tuple[str, ...], key: str) -> str:
+    """One figure (`transfers` or `wall_s`) per case and algorithm."""
+    body = [[row["case"], *(row["algorithms"][a][key] for a in algorithms)] for row in rows]
+    return markdown_table(["case", *algorithms], body)
+
+
 def plot(rows: list[dict[str, Any]], algorithms: tuple[str, ...], path: Path) -> None:
     import matplotlib
 
@@ -183,6 +189,10 @@ def main() -> int:
             f"# Solver quality (makespan / lower bound, time limit {args.time_limit:g} s)",
             "## Shared cases",
             table(shared, algorithms),
+            "### Transfers per plan",
+            detail_table(shared, algorithms, "transfers"),
+            "### Wall seconds per plan (solve, simulation and validity check)",
+            detail_table(shared, algorithms, "wall_s"),
             f"## Held-out cases (seed {args.seed})",
             table(held, HELD_OUT_ALGORITHMS),
             f"auto slower than a reference baseline on: {beaten or 'no case'}",

@@ -3,14 +3,16 @@
 For every job (see `solver.recipes`), a fraction `x[j, r]` of the item travels by recipe `r`
 (unsplit recipes only: splitting is what the fractions do), with `use[j, r]` binary,
 `x <= use`. A move holding port `p` costs it `x * bandwidth_time + use * latency_time`. The
-program minimises the busiest port's load `T`. Its LP relaxation (every `use` fractional) is a
-bound on `T` over these routes, reported as the plan's proven bound (never below the universal
-lower bound). The integer solution is cut into slices by its fractions, the slices
-materialised, and the moves list-scheduled.
+program minimises the busiest port's load `T`. The solver's dual bound on `T` (HiGHS's MIP
+bound, or with CBC the LP relaxation, every `use` fractional) bounds the makespan of any plan
+over these routes and is reported as the plan's proven bound (never below the universal one).
+The integer solution is cut into slices by its fractions, the slices materialised, and the
+moves list-scheduled.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -25,6 +27,8 @@ from solver.items import Item, coalesce
 from solver.recipes import Job
 from solver.routing import Routing, Share, to_result
 
+_HIGHS = "HiGHS" in pulp.listSolvers(onlyAvailable=True)
+
 #: fractions below this are dropped (and the rest rescaled): a sliver is not worth a latency
 MIN_FRACTION = 0.02
 
@@ -36,7 +40,7 @@ def _latency_part_s(problem: Problem, duration_s: float, dst_hops: int) -> float
 def _solver(time_limit_s: float, seed: int, mip: bool) -> pulp.LpSolver:
     """HiGHS in-process (the `pulp[highs]` dependency), else the CBC that PuLP still bundles
     (whole seconds, at least one)."""
-    if "HiGHS" in pulp.listSolvers(onlyAvailable=True):
+    if _HIGHS:
         return pulp.HiGHS(
             mip=mip, msg=False, timeLimit=max(0.05, time_limit_s), random_seed=seed, threads=1
         )
@@ -72,17 +76,37 @@ def _model(
     return lp, busiest, fraction
 
 
+def _highs_dual_bound(lp: pulp.LpProblem) -> float | None:
+    """The MIP dual bound HiGHS proved (never weaker than the LP relaxation), if it has one."""
+    model = getattr(lp, "solverModel", None)
+    if model is None or not hasattr(model, "getInfo"):
+        return None
+    bound = float(model.getInfo().mip_dual_bound)
+    return bound if math.isfinite(bound) and bound > 0 else None
+
+
 def milp_routing(
     problem: Problem, items: Sequence[Item], jobs: Sequence[Job], options: SolveOptions
 ) -> Routing:
-    """Route fractions from the MILP, bounded by its LP relaxation."""
+    """Route fractions from the MILP. With HiGHS the bound is its MIP dual bound; with CBC the
+    LP relaxation is solved first for it."""
     started = time.perf_counter()
     lp, busiest, fraction = _model(problem, jobs)
-    left = options.time_limit_s - (time.perf_counter() - started)
-    lp.solve(_solver(left / 3, options.seed, mip=False))
-    bound = pulp.value(busiest) if pulp.LpStatus[lp.status] == "Optimal" else None
-    left = options.time_limit_s - (time.perf_counter() - started)
-    lp.solve(_solver(left, options.seed, mip=True))
+    bound = None
+    if not _HIGHS:
+        lp.solve(
+            _solver(
+                (options.time_limit_s - (time.perf_counter() - started)) / 3,
+                options.seed,
+                mip=False,
+            )
+        )
+        bound = pulp.value(busiest) if pulp.LpStatus[lp.status] == "Optimal" else None
+    lp.solve(
+        _solver(options.time_limit_s - (time.perf_counter() - started), options.seed, mip=True)
+    )
+    if _HIGHS:
+        bound = _highs_dual_bound(lp)
     shares: list[list[Share]] = []
     for j, job in enumerate(jobs):
         kept = []
