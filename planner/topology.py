@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from planner.request import ClusterSpec
 
 
@@ -85,9 +83,3 @@ class Topology:
             return f"{kind}(h{host},r{rail})"
         device = list(self._device_index)[(port - 2 * nic) // 2]
         return f"{'link_in' if (port - 2 * nic) % 2 else 'link_out'}(d{device})"
-
-    def hosts_array(self, devices: np.ndarray) -> np.ndarray:
-        """Host of each device id in `devices`."""
-        return np.array([self.host_of[int(d)] for d in devices.ravel()], dtype=np.int64).reshape(
-            devices.shape
-        )
