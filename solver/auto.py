@@ -6,7 +6,8 @@
 3. Each distinct component goes to CP-SAT when its model is small enough to search in its
    share of the time limit, else to the MILP when that is small enough, else stays greedy;
    the solver's routing is kept only where it beats the greedy routing of that component.
-4. The assembled plan is returned unless the greedy plan is shorter: never worse than greedy.
+4. The time left goes to a local search on the assembled plan's order (swaps of two transfers).
+5. The assembled plan is returned unless the greedy plan is shorter: never worse than greedy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from solver.milp import milp_routing
 from solver.moves import MoveList
 from solver.order import best_schedule, in_order, port_loads, randomized_search
 from solver.recipes import Job
-from solver.routing import Routing, realize, result_makespan_s
+from solver.routing import Routing, realize, result_makespan_s, to_result
 
 #: largest CP-SAT model (optional intervals) and MILP (route columns) auto hands over
 MAX_CP_INTERVALS = 12_000
@@ -39,13 +40,7 @@ SEARCH_MAX_MOVES = 3000
 
 
 def _makespan_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
-    moves = MoveList(problem)
-    realize(problem, items, routing.shares, moves)
-    num_ports = problem.topology.num_ports
-    best = best_schedule(moves.moves, num_ports).makespan_s
-    if routing.order is not None and sorted(routing.order) == list(range(len(moves))):
-        best = min(best, in_order(moves.moves, num_ports, routing.order).makespan_s)
-    return best
+    return result_makespan_s(problem, to_result(problem, items, routing))
 
 
 def _busiest_port_s(problem: Problem, items: Sequence[Item], jobs: Sequence[Job]) -> float:
