@@ -100,9 +100,9 @@ def replay(
         return devices[solved.label_of[d]]
 
     def spec(s: MoveSpec, item: Item, parts: int) -> MoveSpec:
-        return move_spec(
-            problem, item, parts, device(s.src), [device(d) for d in s.dst], s.part, s.deps
-        )
+        only_for = None if s.only_for is None else device(s.only_for)
+        dst = [device(d) for d in s.dst]
+        return move_spec(problem, item, parts, device(s.src), dst, s.part, s.deps, only_for)
 
     shares: list[list[Share]] = []
     for job in routing.shares:

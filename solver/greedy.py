@@ -23,7 +23,7 @@ import numpy as np
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
-from solver.items import Item, coalesce
+from solver.items import Item, bundle, coalesce
 from solver.recipes import (
     SPLIT_PARTS,
     MoveSpec,
@@ -45,6 +45,8 @@ GREEDY_SPLIT_SHARE = 0.5
 #: routing passes after the first, and the item count above which they are skipped
 REROUTE_PASSES = 2
 REROUTE_MAX_ITEMS = 2000
+#: items shorter than this many latencies on a NIC are also tried bundled (see `bundle`)
+BUNDLE_LATENCIES = 40.0
 
 
 class Router:
@@ -125,7 +127,7 @@ class Router:
         problem = self.problem
         sources = self._senders(item)
         entries = {h: self._entries(h, ds) for h, ds in remote.items()}
-        styles = relay_styles(problem, remote)
+        styles = relay_styles(problem, remote, item)
         direct = {h: next(d for d in e if d in remote[h]) for h, e in entries.items()}
         least = {h: e[0] for h, e in entries.items()}
         # one needer per host: enter through it (a relay would only add a hop); else through
@@ -200,12 +202,18 @@ def greedy_routing(problem: Problem, items: Sequence[Item], per_host: bool = Fal
 
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
-    """Route and list-schedule; on small problems also with a move per remote host allowed.
-    The shortest plan wins, `broadcast-lb` and `sendrecv` included."""
+    """Route and list-schedule, also with small items bundled per sender and receiving hosts
+    and, on small problems, with a move per remote host allowed. The shortest plan wins,
+    `broadcast-lb` and `sendrecv` included."""
     items = coalesce(problem)
+    item_sets = [items]
+    bundled = bundle(problem, items, BUNDLE_LATENCIES)
+    if len(bundled) < len(items):
+        item_sets.append(bundled)
     variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
     candidates = [
-        ("", to_result(problem, items, greedy_routing(problem, items, per_host)))
+        ("", to_result(problem, its, greedy_routing(problem, its, per_host)))
+        for its in item_sets
         for per_host in variants
     ]
     candidates += [

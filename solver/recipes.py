@@ -37,6 +37,8 @@ class MoveSpec:
     deps: tuple[int, ...]
     duration_s: float
     ports: tuple[int, ...]
+    #: of a bundle, only the pieces this device needs
+    only_for: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,17 @@ def move_spec(
     dst: Sequence[int],
     part: int = 0,
     deps: Sequence[int] = (),
+    only_for: int | None = None,
 ) -> MoveSpec:
-    duration, ports = transfer_cost(problem.topology, -(-item.num_bytes // num_parts), src, dst)
-    return MoveSpec(src, tuple(dst), part, tuple(deps), duration, ports)
+    num_bytes = item.num_bytes
+    if only_for is not None and item.piece_needers is not None:
+        num_bytes = sum(
+            problem.piece_bytes(p)
+            for p, owners in zip(item.pieces, item.piece_needers, strict=True)
+            if only_for in owners
+        )
+    duration, ports = transfer_cost(problem.topology, -(-num_bytes // num_parts), src, dst)
+    return MoveSpec(src, tuple(dst), part, tuple(deps), duration, ports, only_for)
 
 
 def relay_specs(
@@ -85,6 +95,10 @@ def relay_specs(
     out = []
     for h, entry in entries.items():
         others = [d for d in remote[h] if d != entry]
+        if item.piece_needers is not None:  # a bundle: each device only its own pieces
+            for d in others:
+                out.append(move_spec(problem, item, num_parts, entry, [d], part, [inter], d))
+            continue
         groups = [[d] for d in others] if fanout else [others] if others else []
         for group in groups:
             out.append(move_spec(problem, item, num_parts, entry, group, part, deps=[inter]))
@@ -177,9 +191,14 @@ def delivery_recipe(
     return Recipe(index, parts, tuple(moves))
 
 
-def relay_styles(problem: Problem, remote: dict[int, list[int]]) -> list[tuple[bool, bool]]:
-    """(relay, fanout) pairs worth trying: single-rail hosts take the whole chain; multi-rail
-    hosts relay from the entry, by chain or, with three or more needers, also by fan-out."""
+def relay_styles(
+    problem: Problem, remote: dict[int, list[int]], item: Item | None = None
+) -> list[tuple[bool, bool]]:
+    """(relay, fanout) pairs worth trying: bundles always relay, one move per device;
+    single-rail hosts take the whole chain; multi-rail hosts relay from the entry, by chain or,
+    with three or more needers, also by fan-out."""
+    if item is not None and item.piece_needers is not None:
+        return [(True, True)]
     if problem.topology.num_rails == 1:
         return [(False, False)]
     if all(len(ds) == 1 for ds in remote.values()):
@@ -211,7 +230,7 @@ def remote_recipes(
     """Every sender x entry layout x relay style, and splits for large items."""
     sources = senders(problem, item)[:MAX_SENDERS]
     layouts = rail_layouts(problem, remote)
-    styles = relay_styles(problem, remote)
+    styles = relay_styles(problem, remote, item)
     hosts_split = (False, True) if len(remote) > 1 else (False,)
     recipes = [
         delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout, per_host)

@@ -33,13 +33,20 @@ class Routing:
     notes: list[str] = field(default_factory=list)
 
 
-def _slices(item: Item, fractions: Sequence[float]) -> list[list[Piece]]:
-    out: list[list[Piece]] = [[] for _ in fractions]
-    for piece in item.pieces:
+def _slices(item: Item, fractions: Sequence[float]) -> list[Item]:
+    """The item cut by `fractions` (each slice keeps which devices need its pieces)."""
+    owners = item.piece_needers or tuple(item.needers for _ in item.pieces)
+    pieces: list[list[Piece]] = [[] for _ in fractions]
+    needers: list[list[tuple[int, ...]]] = [[] for _ in fractions]
+    for piece, who in zip(item.pieces, owners, strict=True):
         for k, cut in enumerate(split_piece(piece, fractions)):
             if cut is not None:
-                out[k].append(cut)
-    return out
+                pieces[k].append(cut)
+                needers[k].append(who)
+    return [
+        Item(tuple(p), 0, item.holders, item.needers, tuple(n))
+        for p, n in zip(pieces, needers, strict=True)
+    ]
 
 
 def realize(
@@ -58,13 +65,18 @@ def realize(
             continue
         item = items[job_shares[0][0].item]
         per_share = []
-        for (recipe, _), pieces in zip(
+        for (recipe, _), share in zip(
             job_shares, _slices(item, [f for _, f in job_shares]), strict=True
         ):
-            parts = _slices(Item(tuple(pieces), 0, (), ()), [1.0] * recipe.num_parts)
+            parts = _slices(share, [1.0] * recipe.num_parts)
             indices: list[int] = []
             for spec in recipe.moves:
-                part = parts[spec.part]
+                owners = parts[spec.part].piece_needers or ()
+                part = [
+                    p
+                    for p, who in zip(parts[spec.part].pieces, owners, strict=True)
+                    if spec.only_for is None or spec.only_for in who
+                ]
                 if not part:
                     indices.append(-1)
                     continue

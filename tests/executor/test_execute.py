@@ -200,3 +200,20 @@ def test_different_plans_fail_clearly(tmp_path: Path) -> None:
     reports = run_world(request, per_rank, tmp_path)
     assert all(report["0"].startswith("mismatch: ranks hold different plans") for report in reports)
     assert "ranks [5] differ" in reports[0]["0"]
+
+
+def test_bundled_plan_is_bit_exact(tmp_path: Path) -> None:
+    # every item bundled: one message per sender and receiving hosts, each device its own pieces
+    from solver.greedy import greedy_routing
+    from solver.items import bundle, coalesce
+    from solver.routing import to_result
+
+    request = copy.deepcopy(BASE)
+    problem = build_problem(parse_request(request))
+    items = bundle(problem, coalesce(problem), max_latencies=1e9)
+    assert any(item.piece_needers for item in items)
+    result = to_result(problem, items, greedy_routing(problem, items))
+    transfers = tuple(result.moves[i].to_transfer() for i in result.order)
+    plan = Plan("bundled", "greedy", transfers)
+    reports = run_world(request, [plan.to_json()], tmp_path)
+    assert all(report == {"0": "exact"} for report in reports)
