@@ -1,6 +1,7 @@
 """meshcast's topology-aware greedy (DESIGN §4).
 
-1. Coalesce: tiles with the same holders and needers travel as one item (one message).
+1. Coalesce: tiles with the same holders and needers travel as one item (one message); small
+   items with the same holders and receiving hosts are also tried as one bundle.
 2. Route, largest item first, against the seconds of work already booked on every port:
    - needers on a host that holds the item get it over NVLink from the least-busy local
      holder (or from all local holders, needers shared round-robin, when that finishes first);
@@ -11,7 +12,7 @@
      split across senders and entry rails, each part all-gathered inside every receiving host;
      the split is kept when it finishes the item at least 1% sooner.
 3. Order: non-delay list schedules under port-v1 with a few priority rules, the best kept.
-4. Never worse than `broadcast-lb`: if its plan is shorter, it is returned instead.
+4. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead.
 """
 
 from __future__ import annotations

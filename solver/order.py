@@ -165,6 +165,11 @@ def randomized_search(
     return best
 
 
+def is_valid_order(moves: Sequence[Move], order: Sequence[int]) -> bool:
+    """`order` is a permutation of the moves with every relay after its source move."""
+    return sorted(order) == list(range(len(moves))) and _deps_first(moves, order)
+
+
 def _deps_first(moves: Sequence[Move], order: Sequence[int]) -> bool:
     position = {i: k for k, i in enumerate(order)}
     return all(position[d] < position[i] for i, m in enumerate(moves) for d in m.deps)

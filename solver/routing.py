@@ -15,7 +15,7 @@ from planner.problem import Problem
 from solver.base import SolveResult
 from solver.items import Item
 from solver.moves import MoveList, split_piece
-from solver.order import best_schedule, in_order
+from solver.order import best_schedule, in_order, is_valid_order
 from solver.recipes import Recipe
 
 #: (recipe, fraction of the item it carries)
@@ -88,14 +88,6 @@ def realize(
     return out
 
 
-def _respects_deps(moves: MoveList, order: Sequence[int]) -> bool:
-    """`order` is a permutation of the moves with every relay after its source move."""
-    if sorted(order) != list(range(len(moves))):
-        return False
-    position = {i: k for k, i in enumerate(order)}
-    return all(position[d] < position[i] for i, m in enumerate(moves.moves) for d in m.deps)
-
-
 def result_makespan_s(problem: Problem, result: SolveResult) -> float:
     """The port-v1 makespan of a solver result's moves in its order."""
     return in_order(result.moves, problem.topology.num_ports, result.order).makespan_s
@@ -107,7 +99,7 @@ def to_result(problem: Problem, items: Sequence[Item], routing: Routing) -> Solv
     realize(problem, items, routing.shares, moves)
     num_ports = problem.topology.num_ports
     schedule = best_schedule(moves.moves, num_ports)
-    if routing.order is not None and _respects_deps(moves, routing.order):
+    if routing.order is not None and is_valid_order(moves.moves, routing.order):
         given = in_order(moves.moves, num_ports, routing.order)
         if given.makespan_s <= schedule.makespan_s:
             schedule = given
