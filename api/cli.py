@@ -1,4 +1,4 @@
-"""The `meshcast` command line: plan, compare, check and bound.
+"""The `meshcast` command line: plan, compare, check, bound and run.
 
 Bad input (unreadable file, invalid request or plan, unknown algorithm) prints one line naming
 the problem and exits with status 2; an invalid plan under `check` exits with status 1.
@@ -12,44 +12,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from planner import PlanFormatError, RequestError, build_problem, parse_request
+from api.cli_common import UsageError, load_problem, read_json, solve_options
+from api.cli_run import add_run_parser
+from planner import PlanFormatError, RequestError
 from planner.plan import Plan
-from planner.problem import Problem
 from planner.simulate import check_plan, simulate
-from solver import ALGORITHMS, SolveOptions, make_plan, resolve
-
-
-class UsageError(Exception):
-    """Input the user has to fix; reported as one line, exit status 2."""
-
-
-def _read_json(path: str, what: str) -> Any:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise UsageError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{what} {path!r} is not JSON: {err.msg} at line {err.lineno}") from None
-
-
-def _load_problem(path: str) -> Problem:
-    try:
-        return build_problem(parse_request(_read_json(path, "request")))
-    except RequestError as err:
-        raise UsageError(f"invalid request {path!r}: {err}") from None
-
-
-def _options(problem: Problem, args: argparse.Namespace) -> SolveOptions:
-    defaults = problem.request.options
-    limit = args.time_limit if args.time_limit is not None else defaults.time_limit_s
-    if not 0 < limit <= 3600:
-        raise UsageError(f"--time-limit: must be in (0, 3600] seconds, got {limit}")
-    seed = args.seed if args.seed is not None else defaults.seed
-    return SolveOptions(time_limit_s=limit, seed=seed)
+from solver import ALGORITHMS, make_plan, resolve
 
 
 def _summary(plan: Plan, wire_bytes: int) -> str:
@@ -68,13 +37,13 @@ def _summary(plan: Plan, wire_bytes: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    problem = _load_problem(args.request)
+    problem = load_problem(args.request)
     algorithm = args.algorithm or problem.request.options.algorithm
     try:
         resolve(algorithm)
     except RequestError as err:
         raise UsageError(f"--algorithm: {err.message}") from None
-    options = _options(problem, args)
+    options = solve_options(problem, args)
     print(
         f"planning {len(problem.tiles)} tiles with {algorithm} (limit {options.time_limit_s:g} s)",
         file=sys.stderr,
@@ -98,8 +67,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    problem = _load_problem(args.request)
-    options = _options(problem, args)
+    problem = load_problem(args.request)
+    options = solve_options(problem, args)
     names = args.algorithms.split(",") if args.algorithms else list(ALGORITHMS)
     for name in names:
         try:
@@ -125,9 +94,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    problem = _load_problem(args.request)
+    problem = load_problem(args.request)
     try:
-        plan = Plan.from_json(_read_json(args.plan, "plan"))
+        plan = Plan.from_json(read_json(args.plan, "plan"))
     except PlanFormatError as err:
         raise UsageError(f"invalid plan {args.plan!r}: {err}") from None
     sim = check_plan(problem, plan)
@@ -146,7 +115,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bound(args: argparse.Namespace) -> int:
-    problem = _load_problem(args.request)
+    problem = load_problem(args.request)
     print(json.dumps({"lower_bound_s": problem.lower_bound_s, "tiles": len(problem.tiles)}))
     return 0
 
@@ -184,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     bound = sub.add_parser("bound", help="print the lower bound of a request")
     bound.add_argument("request")
     bound.set_defaults(func=cmd_bound)
+
+    add_run_parser(sub, solver_flags)
     return parser
 
 

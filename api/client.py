@@ -7,6 +7,8 @@ from typing import Any
 import httpx
 
 from planner.plan import Plan
+from planner.request import Request
+from solver import plan_request
 
 
 class ServiceError(RuntimeError):
@@ -15,6 +17,10 @@ class ServiceError(RuntimeError):
     def __init__(self, status: int, field: str, message: str) -> None:
         super().__init__(f"{status} {field}: {message}")
         self.status, self.field, self.message = status, field, message
+
+
+class ServiceUnavailable(RuntimeError):
+    """The service could not be reached (connection refused, timed out, ...)."""
 
 
 class MeshcastClient:
@@ -26,7 +32,10 @@ class MeshcastClient:
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        response = self._http.request(method, path, json=body)
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as err:
+            raise ServiceUnavailable(f"{self._http.base_url}: {err}") from err
         if response.status_code != 200:
             detail = (
                 response.json().get("detail", {})
@@ -45,6 +54,13 @@ class MeshcastClient:
 
     def plan(self, request: dict[str, Any]) -> Plan:
         return Plan.from_json(self._call("POST", "/v1/plans", request)["plan"])
+
+    def plan_request(self, request: Request) -> Plan:
+        """A plan from the service, or planned in this process when the service is down."""
+        try:
+            return self.plan(request.to_json())
+        except ServiceUnavailable:
+            return plan_request(request)
 
     def cached(self, request_id: str) -> Plan:
         return Plan.from_json(self._call("GET", f"/v1/plans/{request_id}")["plan"])

@@ -1,5 +1,19 @@
 """meshcast executor: runs a `meshcast.plan/v1` inside a torch.distributed job (DESIGN §5)."""
 
-from executor.run import PlanMismatchError, execute, plan_fingerprint
+from executor.executor import (
+    MODES,
+    Executor,
+    InvalidPlanError,
+    PlanMismatchError,
+    execute,
+    plan_fingerprint,
+)
 
-__all__ = ["PlanMismatchError", "execute", "plan_fingerprint"]
+__all__ = [
+    "MODES",
+    "Executor",
+    "InvalidPlanError",
+    "PlanMismatchError",
+    "execute",
+    "plan_fingerprint",
+]

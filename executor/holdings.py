@@ -17,23 +17,22 @@ def _slices(outer: Box, inner: Box) -> tuple[slice, ...]:
 class Holdings:
     """Boxes of one tensor held by this rank: its source shard and every piece received."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
         self._parts: list[tuple[Box, torch.Tensor]] = []
 
     def add(self, box: Box, data: torch.Tensor) -> None:
         self._parts.append((box, data))
 
-    def extract(self, box: Box, like: torch.Tensor | None = None) -> torch.Tensor:
+    def extract(self, box: Box) -> torch.Tensor:
         """The data of `box`, from one held box that contains it or assembled from several."""
+        shape = tuple(hi - lo for lo, hi in box)
+        if volume(box) == 0:  # an empty shard (torch.chunk leaves trailing chunks empty)
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
         for held, data in reversed(self._parts):
             if contains(held, box):
                 return data[_slices(held, box)]
-        if not self._parts:
-            raise KeyError(f"nothing held, box {box} requested")
-        template = self._parts[0][1] if like is None else like
-        out = torch.empty(
-            tuple(hi - lo for lo, hi in box), dtype=template.dtype, device=template.device
-        )
+        out = torch.empty(shape, dtype=self.dtype, device=self.device)
         filled = 0
         for held, data in self._parts:
             common = intersect(held, box)

@@ -31,15 +31,20 @@ def pack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def unpack(buffer: torch.Tensor, layout: Sequence[tuple[Box, torch.dtype]]) -> list[torch.Tensor]:
-    """Split `buffer` back into tensors of the given boxes' shapes and dtypes."""
+    """Split `buffer` back into tensors of the given boxes' shapes and dtypes (views of
+    `buffer` where the alignment allows, copies otherwise)."""
     out, offset = [], 0
     for box, dtype in layout:
         shape = tuple(hi - lo for lo, hi in box)
         count = 1
         for n in shape:
             count *= n
-        num_bytes = count * torch.empty(0, dtype=dtype).element_size()
-        out.append(buffer[offset : offset + num_bytes].view(dtype).reshape(shape).clone())
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        num_bytes = count * itemsize
+        raw = buffer[offset : offset + num_bytes]
+        if offset % itemsize:  # a dtype view needs an aligned start
+            raw = raw.clone()
+        out.append(raw.view(dtype).reshape(shape))
         offset += num_bytes
     if offset != buffer.numel():
         raise ValueError(f"buffer holds {buffer.numel()} bytes, layout needs {offset}")

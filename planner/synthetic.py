@@ -7,9 +7,12 @@ are plain JSON dicts, exactly what a launcher would send.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from typing import Any
+
+from planner.dtypes import ITEMSIZE_BYTES
 
 DTYPES = ("float32", "bfloat16", "float16", "int8", "float64")
 
@@ -207,3 +210,24 @@ def transpose_request(num_devices: int, gpus_per_host: int = 8) -> dict[str, Any
             "duplex": "full",
         },
     }
+
+
+def scaled_request(request: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """A copy of `request` whose tensors hold at most `max_bytes` in all: the largest dim of
+    the largest tensor is halved (rounding up) until they fit. Layouts and cluster stay."""
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes: must be positive, got {max_bytes}")
+    scaled = copy.deepcopy(request)
+    tensors = scaled["tensors"]
+
+    def num_bytes(t: dict[str, Any]) -> int:
+        return math.prod(t["shape"]) * ITEMSIZE_BYTES[t["dtype"]]
+
+    while sum(num_bytes(t) for t in tensors) > max_bytes:
+        largest = max(tensors, key=num_bytes)
+        shape = largest["shape"]
+        axis = max(range(len(shape)), key=lambda a: shape[a])
+        if shape[axis] <= 1:
+            raise ValueError(f"max_bytes: {max_bytes} is below one element of every tensor")
+        shape[axis] = (shape[axis] + 1) // 2
+    return scaled

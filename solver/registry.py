@@ -6,7 +6,8 @@ import time
 
 from planner.errors import RequestError
 from planner.plan import Plan
-from planner.problem import Problem
+from planner.problem import Problem, build_problem
+from planner.request import Request
 from planner.simulate import simulate
 from solver.alpa_order import alpa_order
 from solver.auto import auto
@@ -70,3 +71,9 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
         best_bound_s=best_bound,
     )
     return plan.with_times(sim.times, sim.makespan_s)
+
+
+def plan_request(request: Request) -> Plan:
+    """Plan `request` with the algorithm, time limit and seed its options name."""
+    options = SolveOptions(request.options.time_limit_s, request.options.seed)
+    return make_plan(build_problem(request), request.options.algorithm, options)

@@ -1,24 +1,24 @@
-"""The executor across real processes (gloo on CPU): bit-exact against slicing the tensors."""
+"""The executor across real processes (gloo on CPU): bit-exact against the reference tensors."""
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import socket
-import traceback
-from datetime import timedelta
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
-from executor import PlanMismatchError, execute  # noqa: E402
-from executor.packing import TORCH_DTYPES  # noqa: E402
+from executor import MODES, Executor  # noqa: E402
+from executor.local_run import (  # noqa: E402
+    _rank_job,
+    reference_sources,
+    run_plan,
+    verify_received,
+)
+from executor.local_world import LocalWorld, RankFailure  # noqa: E402
 from planner import build_problem, parse_request  # noqa: E402
 from planner.plan import Plan  # noqa: E402
 from solver import SolveOptions, make_plan  # noqa: E402
@@ -62,158 +62,200 @@ BASE: dict[str, Any] = {
     },
 }
 
-
-def global_tensor(name: str, shape: list[int], dtype: str) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(sum(map(ord, name)))
-    values = torch.randn(shape, generator=generator)
-    return (values > 0) if dtype == "bool" else values.to(TORCH_DTYPES[dtype])
-
-
-def _worker(
-    rank: int, world: int, port: int, request: dict[str, Any], plans: list[dict[str, Any]], out: str
-) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    try:
-        parsed = parse_request(request)
-        problem = build_problem(parsed)
-        shards = {}
-        for i, spec in enumerate(parsed.tensors):
-            box = problem.src_boxes(i).get(rank)
-            if box is not None:
-                full = global_tensor(spec.name, list(spec.shape), spec.dtype)
-                shards[spec.name] = full[tuple(slice(lo, hi) for lo, hi in box)].clone()
-        report = {}
-        for k, plan_json in enumerate(plans):
-            plan = Plan.from_json(plan_json)
-            try:
-                got = execute(plan, parsed, shards)
-            except PlanMismatchError as err:
-                report[k] = f"mismatch: {err}"
-                continue
-            exact = True
-            for i, spec in enumerate(parsed.tensors):
-                box = problem.dst_boxes(i).get(rank)
-                if box is None:
-                    continue
-                full = global_tensor(spec.name, list(spec.shape), spec.dtype)
-                exact &= bool(
-                    torch.equal(got[spec.name], full[tuple(slice(lo, hi) for lo, hi in box)])
-                )
-            report[k] = "exact" if exact else "WRONG"
-        Path(out, f"{rank}.json").write_text(json.dumps(report))
-    except Exception:
-        Path(out, f"{rank}.json").write_text(json.dumps({"error": traceback.format_exc()}))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run_world(
-    request: dict[str, Any], plans: list[dict[str, Any]] | list[list[dict[str, Any]]], tmp: Path
-) -> list[dict[str, Any]]:
-    world = 1 + max(d for h in request["cluster"]["hosts"] for d in h)
-    per_rank = plans if plans and isinstance(plans[0], list) else [plans] * world
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker, args=(r, world, _free_port_cached[0], request, per_rank[r], str(tmp))
-        )
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-        assert p.exitcode == 0, f"worker exit code {p.exitcode}"
-    reports = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(world)]
-    for r, report in enumerate(reports):
-        assert "error" not in report, f"rank {r}: {report.get('error')}"
-    return reports
-
-
-_free_port_cached = [0]
-
-
-@pytest.fixture(autouse=True)
-def fresh_port() -> None:
-    _free_port_cached[0] = _free_port()
-
-
-@pytest.mark.parametrize("layout", ["disjoint", "overlapping"])
-def test_every_algorithm_is_bit_exact(layout: str, tmp_path: Path) -> None:
-    request = copy.deepcopy(BASE)
-    if layout == "overlapping":  # destination mesh shares two devices with the source mesh
-        request["meshes"]["b"]["devices"] = [2, 3, 4, 5]
-    problem = build_problem(parse_request(request))
-    names = ["sendrecv", "sendrecv-allgather", "broadcast-lb", "greedy", "milp", "auto"]
-    plans = [make_plan(problem, name, SolveOptions(time_limit_s=0.5)).to_json() for name in names]
-    reports = run_world(request, plans, tmp_path)
-    for rank, report in enumerate(reports):
-        assert set(report.values()) == {"exact"}, (rank, report)
-
-
-def test_relays_and_splits_are_bit_exact(tmp_path: Path) -> None:
+RELAY_REQUEST: dict[str, Any] = {
     # one replicated source host and one destination host of 4 GPUs on 4 rails: the greedy
     # splits the tensor over the rails and all-gathers it inside the destination host
+    "tensors": [
+        {
+            "name": "x",
+            "shape": [4096, 64],
+            "dtype": "float32",
+            "src": {"mesh": "a", "placements": ["R"]},
+            "dst": {"mesh": "b", "placements": ["R"]},
+        }
+    ],
+    "meshes": {
+        "a": {"shape": [4], "devices": [0, 1, 2, 3]},
+        "b": {"shape": [4], "devices": [4, 5, 6, 7]},
+    },
+    "cluster": {
+        "hosts": [[0, 1, 2, 3], [4, 5, 6, 7]],
+        "nic_gbps": 100,
+        "nics_per_host": 4,
+        "intra_gbps": 2400,
+        "latency_us": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["disjoint", "overlapping", "same"])
+def test_every_algorithm_is_bit_exact(world: LocalWorld, layout: str, mode: str) -> None:
+    request = copy.deepcopy(BASE)
+    if layout == "overlapping":  # the destination mesh shares two devices with the source
+        request["meshes"]["b"]["devices"] = [2, 3, 4, 5]
+    if layout == "same":  # an in-place reshard: both layouts on mesh a
+        for tensor in request["tensors"]:
+            tensor["dst"]["mesh"] = "a"
+        del request["meshes"]["b"]
+        request["cluster"]["hosts"] = [[0, 1], [2, 3]]
+    parsed = parse_request(request)
+    problem = build_problem(parsed)
+    for name in ["sendrecv", "sendrecv-allgather", "broadcast-lb", "greedy", "milp", "auto"]:
+        plan = make_plan(problem, name, SolveOptions(time_limit_s=0.5))
+        report = run_plan(world, parsed, plan, mode=mode)  # type: ignore[arg-type]
+        assert report.verified, (name, report.mismatches)
+        assert len(report.transfers) == len(plan.transfers)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_relays_and_pipelined_chunks_are_bit_exact(world: LocalWorld, mode: str) -> None:
+    parsed = parse_request(RELAY_REQUEST)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    assert any(t.src >= 4 for t in plan.transfers), "expected relays inside the destination host"
+    # 1000-byte chunks: every chain runs many waves, relays forward while they receive
+    report = run_plan(world, parsed, plan, mode=mode, chunk_bytes=1000, repeats=2)  # type: ignore[arg-type]
+    assert report.verified, report.mismatches
+    assert len(report.runs_s) == 2
+
+
+def test_long_chain_across_hosts_is_bit_exact(world: LocalWorld) -> None:
+    # one sender, eight receiving hosts: a broadcast plan forms one chain through every entry
     request = {
         "tensors": [
             {
                 "name": "x",
-                "shape": [4096, 64],
-                "dtype": "float32",
+                "shape": [3001],
+                "dtype": "int16",
                 "src": {"mesh": "a", "placements": ["R"]},
-                "dst": {"mesh": "b", "placements": ["R"]},
+                "dst": {"mesh": "b", "placements": ["R", "R"]},
             }
         ],
         "meshes": {
-            "a": {"shape": [4], "devices": [0, 1, 2, 3]},
-            "b": {"shape": [4], "devices": [4, 5, 6, 7]},
+            "a": {"shape": [1], "devices": [0]},
+            "b": {"shape": [8, 2], "devices": list(range(1, 17))},
         },
         "cluster": {
-            "hosts": [[0, 1, 2, 3], [4, 5, 6, 7]],
-            "nic_gbps": 100,
-            "nics_per_host": 4,
-            "intra_gbps": 2400,
-            "latency_us": 1,
+            "hosts": [[0]] + [[1 + 2 * h, 2 + 2 * h] for h in range(8)],
+            "nic_gbps": 10,
+            "nics_per_host": 1,
+            "intra_gbps": 100,
+            "latency_us": 5,
         },
     }
-    problem = build_problem(parse_request(request))
-    plan = make_plan(problem, "greedy", SolveOptions())
-    assert any(t.src >= 4 for t in plan.transfers), "expected relays inside the destination host"
-    reports = run_world(request, [plan.to_json()], tmp_path)
-    assert all(report == {"0": "exact"} for report in reports)
+    parsed = parse_request(request)
+    plan = make_plan(build_problem(parsed), "broadcast-naive", SolveOptions())
+    assert len(plan.transfers) == 1 and len(plan.transfers[0].dst) == 16
+    report = run_plan(world, parsed, plan, chunk_bytes=512)
+    assert report.verified, report.mismatches
 
 
-def test_different_plans_fail_clearly(tmp_path: Path) -> None:
-    request = copy.deepcopy(BASE)
-    problem = build_problem(parse_request(request))
-    a = make_plan(problem, "greedy", SolveOptions()).to_json()
-    b = make_plan(problem, "sendrecv", SolveOptions()).to_json()
-    world = 8
-    per_rank = [[a] if r != 5 else [b] for r in range(world)]
-    reports = run_world(request, per_rank, tmp_path)
-    assert all(report["0"].startswith("mismatch: ranks hold different plans") for report in reports)
-    assert "ranks [5] differ" in reports[0]["0"]
-
-
-def test_bundled_plan_is_bit_exact(tmp_path: Path) -> None:
+def test_bundled_plan_is_bit_exact(world: LocalWorld) -> None:
     # every item bundled: one message per sender and receiving hosts, each device its own pieces
     from solver.greedy import greedy_routing
     from solver.items import bundle, coalesce
     from solver.routing import to_result
 
-    request = copy.deepcopy(BASE)
-    problem = build_problem(parse_request(request))
+    parsed = parse_request(BASE)
+    problem = build_problem(parsed)
     items = bundle(problem, coalesce(problem), max_latencies=1e9)
     assert any(item.piece_needers for item in items)
     result = to_result(problem, items, greedy_routing(problem, items))
     transfers = tuple(result.moves[i].to_transfer() for i in result.order)
-    plan = Plan("bundled", "greedy", transfers)
-    reports = run_world(request, [plan.to_json()], tmp_path)
-    assert all(report == {"0": "exact"} for report in reports)
+    plan = Plan(parsed.request_id, "greedy", transfers)
+    assert run_plan(world, parsed, plan).verified
+
+
+def test_invalid_plan_is_refused_on_every_rank_before_data_moves(world: LocalWorld) -> None:
+    parsed = parse_request(RELAY_REQUEST)
+    plan = make_plan(build_problem(parsed), "broadcast-lb", SolveOptions())
+    first = plan.transfers[0]
+    piece = first.pieces[0]
+    (lo, hi), rest = piece.box[0], piece.box[1:]
+    short = replace(piece, box=((lo, hi - 1), *rest))  # one row never delivered
+    broken = replace(plan, transfers=(replace(first, pieces=(short,)), *plan.transfers[1:]))
+    with pytest.raises(RankFailure) as failure:
+        run_plan(world, parsed, broken)
+    errors = failure.value.errors
+    assert sorted(errors) == list(range(world.num_ranks))
+    assert all("InvalidPlanError: plan: " in e for e in errors.values())
+
+
+def _corrupted_source_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> list[Any]:
+    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    shards = reference_sources(request)
+    if dist.get_rank() == 0:
+        flat = shards["x"].view(-1).view(torch.uint8)
+        flat[12345] ^= 1  # one bit of one element
+    with Executor(plan, request) as executor:
+        return verify_received(request, executor.run(shards))
+
+
+def test_verification_catches_a_single_flipped_bit(world: LocalWorld) -> None:
+    parsed = parse_request(RELAY_REQUEST)
+    plan = make_plan(build_problem(parsed), "broadcast-lb", SolveOptions())
+    assert plan.transfers[0].src == 0
+    reports = world.run(_corrupted_source_job, parsed.to_json(), plan.to_json())
+    assert [r for r, mismatches in enumerate(reports) if mismatches] == [4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("what", ["plan", "mode"])
+def test_ranks_disagreeing_fail_clearly_on_every_rank(world: LocalWorld, what: str) -> None:
+    parsed = parse_request(BASE)
+    problem = build_problem(parsed)
+    greedy = make_plan(problem, "greedy", SolveOptions()).to_json()
+    other = make_plan(problem, "sendrecv", SolveOptions()).to_json() if what == "plan" else greedy
+    per_rank = [
+        (
+            parsed.to_json(),
+            other if rank == 5 else greedy,
+            "broadcast" if what == "mode" and rank == 5 else "chain",
+            1,
+            world.timeout_s,
+            1 << 20,
+        )
+        for rank in range(world.num_ranks)
+    ]
+    with pytest.raises(RankFailure) as failure:
+        world.run(_rank_job, per_rank=per_rank)
+    errors = failure.value.errors
+    assert sorted(errors) == list(range(world.num_ranks))  # every rank, none left hanging
+    assert all("PlanMismatchError: ranks hold different plans" in e for e in errors.values())
+    assert "ranks [5] differ" in errors[0]
+    # the world is still usable afterwards
+    assert run_plan(world, parsed, Plan.from_json(greedy)).verified
+
+
+def _async_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> bool:
+    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    with Executor(plan, request) as executor:
+        future = executor.run_async(reference_sources(request))
+        product = torch.ones(64, 64) @ torch.ones(64, 64)  # compute while the data moves
+        received = future.result(timeout=60)
+    return not verify_received(request, received) and float(product[0, 0]) == 64.0
+
+
+def test_async_run_overlaps_compute(world: LocalWorld) -> None:
+    parsed = parse_request(BASE)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    assert all(world.run(_async_job, parsed.to_json(), plan.to_json()))
+
+
+def _bad_shard_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> str:
+    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    with Executor(plan, request) as executor:
+        if dist.get_rank() != 0:
+            return "ok"
+        try:
+            executor.run({"act": torch.zeros(3, 3)})
+        except ValueError as err:
+            return str(err)
+        return "accepted"
+
+
+def test_wrong_source_shards_are_refused_before_any_communication(world: LocalWorld) -> None:
+    parsed = parse_request(BASE)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    message = world.run(_bad_shard_job, parsed.to_json(), plan.to_json())[0]
+    assert message.startswith("source_shards")
+    assert "rank 0" in message

@@ -1,0 +1,43 @@
+"""What the `meshcast` subcommands share: reading inputs and reporting bad ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from planner import RequestError, build_problem, parse_request
+from planner.problem import Problem
+from solver import SolveOptions
+
+
+class UsageError(Exception):
+    """Input the user has to fix; reported as one line, exit status 2."""
+
+
+def read_json(path: str, what: str) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} {path!r} is not JSON: {err.msg} at line {err.lineno}") from None
+
+
+def load_problem(path: str) -> Problem:
+    try:
+        return build_problem(parse_request(read_json(path, "request")))
+    except RequestError as err:
+        raise UsageError(f"invalid request {path!r}: {err}") from None
+
+
+def solve_options(problem: Problem, args: argparse.Namespace) -> SolveOptions:
+    defaults = problem.request.options
+    limit = args.time_limit if args.time_limit is not None else defaults.time_limit_s
+    if not 0 < limit <= 3600:
+        raise UsageError(f"--time-limit: must be in (0, 3600] seconds, got {limit}")
+    seed = args.seed if args.seed is not None else defaults.seed
+    return SolveOptions(time_limit_s=limit, seed=seed)

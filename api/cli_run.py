@@ -1,0 +1,179 @@
+"""`meshcast run`: execute a plan on a local world of processes and verify it bit for bit.
+
+One process per device id joins a gloo world on 127.0.0.1; every source shard is filled from a
+deterministic reference tensor, the plan runs, and every destination shard is compared byte for
+byte with the same reference. Exit status 0 when verified, 1 when not, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from api.cli_common import UsageError, load_problem, read_json, solve_options
+from planner import PlanFormatError, RequestError, build_problem, parse_request
+from planner.plan import Plan
+from planner.problem import Problem
+from planner.synthetic import scaled_request
+from solver import make_plan, resolve
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(text: str) -> int:
+    """`64MiB`, `1GB`, `4096` -> bytes."""
+    number = text.rstrip("BbKkMmGgIi")
+    unit = text[len(number) :].upper()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 64MiB or 1GB, got {text!r}")
+    return int(value * _UNITS[unit])
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _plan(problem: Problem, args: argparse.Namespace) -> Plan:
+    if args.plan:
+        try:
+            plan = Plan.from_json(read_json(args.plan, "plan"))
+        except PlanFormatError as err:
+            raise UsageError(f"invalid plan {args.plan!r}: {err}") from None
+        if plan.request_id != problem.request.request_id:
+            raise UsageError(f"plan {args.plan!r} was made for another request")
+        return plan
+    algorithm = args.algorithm or problem.request.options.algorithm
+    try:
+        resolve(algorithm)
+    except RequestError as err:
+        raise UsageError(f"--algorithm: {err.message}") from None
+    options = solve_options(problem, args)
+    print(f"planning with {algorithm} (limit {options.time_limit_s:g} s)", file=sys.stderr)
+    return make_plan(problem, algorithm, options)
+
+
+def _transfer_table(report: Any) -> list[str]:
+    header = f"{'#':>5} {'src':>5} {'recv':>5} {'MiB':>9} {'start ms':>10} {'end ms':>10} {'ms':>9}"
+    lines = [header, "-" * len(header)]
+    for t in report.transfers:
+        lines.append(
+            f"{t.index:>5} {t.src:>5} {t.num_receivers:>5} {t.num_bytes / 2**20:>9.3f} "
+            f"{t.start_s * 1e3:>10.2f} {t.end_s * 1e3:>10.2f} {(t.end_s - t.start_s) * 1e3:>9.2f}"
+        )
+    return lines
+
+
+def _problem(args: argparse.Namespace) -> Problem:
+    problem = load_problem(args.request)
+    if args.max_bytes is None:
+        return problem
+    try:
+        request = scaled_request(problem.request.to_json(), args.max_bytes)
+    except ValueError as err:
+        raise UsageError(f"--max-bytes: {err}") from None
+    return build_problem(parse_request(request))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    problem = _problem(args)
+    num_ranks = 1 + max(problem.topology.host_of)
+    if num_ranks > args.max_ranks:
+        raise UsageError(
+            f"request: {num_ranks} ranks (devices 0..{num_ranks - 1}) exceed --max-ranks "
+            f"{args.max_ranks}; one process per device would overload this machine"
+        )
+    if args.repeats < 1:
+        raise UsageError(f"--repeats: must be at least 1, got {args.repeats}")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout: must be positive, got {args.timeout}")
+    try:
+        from executor.local_run import estimate_memory_bytes, run_plan_locally
+        from executor.local_world import RankFailure
+    except ImportError as err:
+        raise UsageError(
+            f"meshcast run needs PyTorch ({err}): pip install 'meshcast[executor]'"
+        ) from None
+    plan = _plan(problem, args)
+    needed, available = estimate_memory_bytes(problem.request, plan), _available_memory_bytes()
+    if available is not None and needed > 0.8 * available:
+        raise UsageError(
+            f"request: running it locally needs about {needed / 2**30:.1f} GiB, this machine has "
+            f"{available / 2**30:.1f} GiB available; scale it down with --max-bytes"
+        )
+    print(
+        f"running {len(plan.transfers)} transfers of {plan.algorithm} on {num_ranks} local "
+        f"ranks (gloo, {args.mode} mode, {args.repeats} run(s))",
+        file=sys.stderr,
+    )
+    try:
+        report = run_plan_locally(
+            problem.request, plan, mode=args.mode, repeats=args.repeats, timeout_s=args.timeout
+        )
+    except RankFailure as err:
+        print(f"meshcast: run failed: {err}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"verified": False, "error": str(err)}))
+        return 1
+    if not args.json or args.verbose:
+        print("\n".join(_transfer_table(report)))
+    runs = ", ".join(f"{s * 1e3:.2f}" for s in report.runs_s)
+    print(
+        f"wall {report.wall_s * 1e3:.2f} ms (median of runs: {runs} ms); "
+        f"predicted {plan.makespan_s * 1e3:.2f} ms; "
+        f"{'verified' if report.verified else f'{len(report.mismatches)} MISMATCHED shards'}",
+        file=sys.stderr if args.json else sys.stdout,
+    )
+    if args.json:
+        print(json.dumps(report.summary_json()))
+    return 0 if report.verified else 1
+
+
+def add_run_parser(sub: Any, solver_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    run = sub.add_parser(
+        "run", help="execute a plan on local processes (gloo) and verify it bit for bit"
+    )
+    run.add_argument("request", help="meshcast.request/v1 JSON file")
+    run.add_argument("--algorithm", help="plan with this algorithm (default: request's)")
+    run.add_argument("--plan", help="run this plan file instead of planning")
+    solver_flags(run)
+    run.add_argument(
+        "--mode",
+        choices=["chain", "broadcast"],
+        default="chain",
+        help="p2p chains (default) or dist.broadcast on sub-groups",
+    )
+    run.add_argument("--repeats", type=int, default=1, help="runs to time (median reported)")
+    run.add_argument("--timeout", type=float, default=120.0, help="seconds per collective")
+    run.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        help="scale the tensors down to this total first (e.g. 64MiB)",
+    )
+    run.add_argument("--max-ranks", type=int, default=64, help="refuse larger worlds")
+    run.add_argument("--json", action="store_true", help="last line: one JSON summary")
+    run.add_argument("--verbose", "-v", action="store_true", help="per-transfer table with --json")
+    run.set_defaults(func=cmd_run)

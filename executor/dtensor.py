@@ -1,0 +1,170 @@
+"""Cross-mesh `reshard` for DTensors: what `DTensor.redistribute` refuses across meshes.
+
+`reshard(x, dst_mesh, dst_placements, cluster=...)` is a collective over the default world:
+every rank calls it with the same arguments (ranks in neither mesh too). Rank 0 plans (locally,
+or with `plan_with`, for example `MeshcastClient(url).plan_request`, which asks the planning
+service and plans locally when it is unreachable) and broadcasts the plan; every rank then runs
+it with the executor.
+Plans and prepared executors are cached per request, so a pipeline boundary that reshards every
+step plans and sets up once.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
+
+from executor.executor import Executor, Mode
+from executor.packing import TORCH_DTYPES
+from planner.plan import Plan
+from planner.request import Request, parse_request
+from solver import plan_request
+
+#: prepared executors kept per (request, mode); each holds process groups and buffers
+CACHE_SIZE = 16
+_executors: OrderedDict[tuple[str, str], Executor] = OrderedDict()
+_DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+
+def placement_names(placements: Sequence[Placement], where: str) -> list[str]:
+    """DTensor placements in request spelling; anything but Shard and Replicate is refused."""
+    names = []
+    for axis, p in enumerate(placements):
+        if type(p) is Shard:
+            names.append(f"S({p.dim})")
+        elif isinstance(p, Replicate):
+            names.append("R")
+        else:
+            raise ValueError(
+                f"{where}[{axis}]: {p} is not supported (only Shard(dim) and Replicate(); "
+                "reduce a Partial first)"
+            )
+    return names
+
+
+def _mesh_json(mesh: DeviceMesh) -> dict[str, Any]:
+    return {"shape": list(mesh.shape), "devices": mesh.mesh.flatten().tolist()}
+
+
+def local_cluster(
+    nic_gbps: float = 100.0,
+    nics_per_host: int = 1,
+    intra_gbps: float = 800.0,
+    latency_us: float = 10.0,
+) -> dict[str, Any]:
+    """This world's hosts, found by gathering every rank's hostname (a collective), with the
+    given link figures (`meshcast calibrate` measures them)."""
+    names: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, socket.gethostname())
+    hosts: dict[str, list[int]] = {}
+    for rank, name in enumerate(names):
+        hosts.setdefault(str(name), []).append(rank)
+    return {
+        "hosts": list(hosts.values()),
+        "nic_gbps": nic_gbps,
+        "nics_per_host": nics_per_host,
+        "intra_gbps": intra_gbps,
+        "latency_us": latency_us,
+    }
+
+
+def reshard_request(
+    x: DTensor,
+    dst_mesh: DeviceMesh,
+    dst_placements: Sequence[Placement],
+    cluster: Mapping[str, Any],
+    algorithm: str = "auto",
+    time_limit_s: float = 2.0,
+) -> Request:
+    """The `meshcast.request/v1` that moves `x` to `dst_placements` on `dst_mesh`."""
+    src_json, dst_json = _mesh_json(x.device_mesh), _mesh_json(dst_mesh)
+    meshes = {"src": src_json} if src_json == dst_json else {"src": src_json, "dst": dst_json}
+    if x.dtype not in _DTYPE_NAMES:
+        raise ValueError(f"x.dtype: {x.dtype} is not supported")
+    return parse_request(
+        {
+            "tensors": [
+                {
+                    "name": "tensor",
+                    "shape": list(x.shape),
+                    "dtype": _DTYPE_NAMES[x.dtype],
+                    "src": {
+                        "mesh": "src",
+                        "placements": placement_names(x.placements, "x.placements"),
+                    },
+                    "dst": {
+                        "mesh": "dst" if "dst" in meshes else "src",
+                        "placements": placement_names(dst_placements, "dst_placements"),
+                    },
+                }
+            ],
+            "meshes": meshes,
+            "cluster": dict(cluster),
+            "options": {"algorithm": algorithm, "time_limit_s": time_limit_s},
+        }
+    )
+
+
+PlanFunction = Callable[[Request], Plan]
+
+
+def _plan_on_rank0(request: Request, plan_with: PlanFunction) -> Plan:
+    """Rank 0 plans, every rank receives the same plan (timed solvers differ run to run)."""
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        box[0] = plan_with(request).to_json()
+    dist.broadcast_object_list(box, src=0)
+    return Plan.from_json(box[0])
+
+
+def _executor(request: Request, mode: Mode, plan_with: PlanFunction) -> Executor:
+    key = (request.request_id, mode)
+    if key in _executors:
+        _executors.move_to_end(key)
+        return _executors[key]
+    executor = Executor(_plan_on_rank0(request, plan_with), request, mode=mode)
+    _executors[key] = executor
+    if len(_executors) > CACHE_SIZE:
+        _executors.popitem(last=False)[1].close()
+    return executor
+
+
+def reshard(
+    x: DTensor,
+    dst_mesh: DeviceMesh,
+    dst_placements: Sequence[Placement],
+    *,
+    cluster: Mapping[str, Any] | None = None,
+    algorithm: str = "auto",
+    time_limit_s: float = 2.0,
+    mode: Mode = "chain",
+    plan_with: PlanFunction = plan_request,
+) -> DTensor:
+    """`x` laid out as `dst_placements` over `dst_mesh`, which may be disjoint from, overlap or
+    equal `x.device_mesh`. A collective over the default world. `cluster` is the request's
+    cluster object (default: `local_cluster()`)."""
+    cluster = cluster if cluster is not None else local_cluster()
+    request = reshard_request(x, dst_mesh, dst_placements, cluster, algorithm, time_limit_s)
+    executor = _executor(request, mode, plan_with)
+    shards = {}
+    if executor.source_tensors:
+        shards["tensor"] = x.to_local().contiguous()
+    received = executor.run(shards)
+    local = received.get("tensor")
+    if local is None:  # this rank is not in the destination mesh
+        local = torch.empty(0, dtype=x.dtype, device=executor.device)
+    return DTensor.from_local(
+        local,
+        dst_mesh,
+        list(dst_placements),
+        run_check=False,
+        shape=x.shape,
+        stride=torch.empty(0).new_empty(x.shape, device="meta").stride(),
+    )
