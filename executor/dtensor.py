@@ -43,7 +43,7 @@ def placement_names(placements: Sequence[Placement], where: str) -> list[str]:
             names.append("R")
         else:
             raise ValueError(
-                f"{where}[{axis}]: {p} is not supported (only Shard(dim) and Replicate(); "
+                f"{where}[{axis}]: {p!r} is not supported (only Shard(dim) and Replicate(); "
                 "reduce a Partial first)"
             )
     return names

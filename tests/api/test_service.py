@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.client import MeshcastClient, ServiceError
+from api.client import MeshcastClient, ServiceError, ServiceUnavailable
 from api.settings import Settings
 from tests.conftest import load_case
 
@@ -116,7 +115,7 @@ def test_real_server_and_client(tmp_path: Path) -> None:
             try:
                 client.health()
                 break
-            except httpx.TransportError:
+            except ServiceUnavailable:
                 if time.monotonic() > deadline or server.poll() is not None:
                     pytest.fail(
                         f"server did not start: {server.stderr.read() if server.stderr else ''}"
@@ -132,3 +131,15 @@ def test_real_server_and_client(tmp_path: Path) -> None:
         client.close()
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_client_plans_locally_when_the_service_is_unreachable() -> None:
+    from planner import parse_request
+
+    client = MeshcastClient(f"http://127.0.0.1:{_free_port()}", timeout_s=5)
+    with pytest.raises(ServiceUnavailable, match="127.0.0.1"):
+        client.health()
+    request = parse_request(CASE)
+    plan = client.plan_request(request)
+    assert plan.request_id == request.request_id and plan.transfers
+    client.close()

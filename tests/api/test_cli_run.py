@@ -1,0 +1,112 @@
+"""`meshcast run`: a real local world end to end, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from api.cli import main
+from api.cli_run import parse_size
+from tests.conftest import CASES_DIR
+
+pytest.importorskip("torch")
+
+CASE = str(CASES_DIR / "paper-1tom-2x2.json")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("mode", ["chain", "broadcast"])
+def test_run_verifies_and_ends_with_one_json_line(
+    mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            CASE,
+            "--max-bytes",
+            "2MiB",
+            "--mode",
+            mode,
+            "--repeats",
+            "2",
+            "--json",
+            "--time-limit",
+            "0.5",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    summary = json.loads(out[-1])
+    assert summary["verified"] is True and summary["mismatches"] == []
+    assert summary["transfers"] >= 1 and len(summary["runs_s"]) == 2 and summary["wall_s"] > 0
+
+
+@pytest.mark.torch
+def test_run_takes_a_plan_file_and_prints_every_transfer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = json.loads(Path(CASE).read_text())
+    request["tensors"][0]["shape"] = [64, 64]  # small enough to run, same layout
+    request_path = tmp_path / "request.json"
+    request_path.write_text(json.dumps(request))
+    plan_path = tmp_path / "plan.json"
+    assert main(["plan", str(request_path), "--algorithm", "sendrecv", "-o", str(plan_path)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(request_path), "--plan", str(plan_path)]) == 0
+    out = capsys.readouterr().out
+    num_transfers = len(json.loads(plan_path.read_text())["transfers"])
+    assert num_transfers == 4  # one send per receiver
+    rows = [line for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == num_transfers
+    assert "verified" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # far more ranks than the machine should host
+        (["--max-ranks", "4"], "6 ranks (devices 0..5) exceed --max-ranks 4"),
+        # a full-size case: about 30 GiB of shards on one machine
+        ([], "scale it down with --max-bytes"),
+        # nonsense repeat count
+        (["--repeats", "0", "--max-bytes", "1MiB"], "--repeats: must be at least 1"),
+        # unknown algorithm
+        (["--algorithm", "fastest", "--max-bytes", "1MiB"], "--algorithm"),
+        # a plan made for another request
+        (["--plan", str(CASES_DIR.parent / "missing.json")], "cannot read plan"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", CASE, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1], err
+    assert err[-1].startswith("meshcast: error: ")
+
+
+def test_a_size_that_is_no_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", CASE, "--max-bytes", "lots"])
+    assert exit_.value.code == 2
+    assert "expected a size like 64MiB or 1GB, got 'lots'" in capsys.readouterr().err
+
+
+def test_plan_for_another_request_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan_path = tmp_path / "plan.json"
+    other = str(CASES_DIR / "paper-1tom-1x2.json")
+    assert main(["plan", other, "--algorithm", "greedy", "-o", str(plan_path)]) == 0
+    capsys.readouterr()
+    assert main(["run", CASE, "--plan", str(plan_path), "--max-bytes", "1MiB"]) == 2
+    assert "was made for another request" in capsys.readouterr().err
+
+
+def test_parse_size() -> None:
+    assert parse_size("64MiB") == 64 << 20
+    assert parse_size("1GB") == 10**9
+    assert parse_size("4096") == 4096
+    assert parse_size("0.5KiB") == 512
