@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from api.cli_common import UsageError, load_problem, read_json, solve_options
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
 from planner.problem import Problem
+from planner.request import Request
 from planner.synthetic import scaled_request
 from solver import make_plan, resolve
 
@@ -31,6 +33,10 @@ _UNITS = {
     "MIB": 2**20,
     "GIB": 2**30,
 }
+
+
+#: share of the available memory a local run may plan to use
+MEMORY_SHARE = 0.7
 
 
 def parse_size(text: str) -> int:
@@ -87,19 +93,49 @@ def _transfer_table(report: Any) -> list[str]:
     return lines
 
 
-def _problem(args: argparse.Namespace) -> Problem:
-    problem = load_problem(args.request)
-    if args.max_bytes is None:
-        return problem
+def _tensor_bytes(request: Request) -> int:
+    return sum(math.prod(t.shape) * t.itemsize_bytes for t in request.tensors)
+
+
+def _scaled(problem: Problem, max_bytes: int) -> Problem:
     try:
-        request = scaled_request(problem.request.to_json(), args.max_bytes)
+        request = scaled_request(problem.request.to_json(), max_bytes)
     except ValueError as err:
         raise UsageError(f"--max-bytes: {err}") from None
     return build_problem(parse_request(request))
 
 
+def _fitting_problem(args: argparse.Namespace, estimate: Callable[[Request], int]) -> Problem:
+    """The request, scaled down by --max-bytes, or by halves until a local run fits memory."""
+    problem = load_problem(args.request)
+    if args.max_bytes is not None:
+        return _scaled(problem, args.max_bytes)
+    available = _available_memory_bytes()
+    if available is None or estimate(problem.request) <= MEMORY_SHARE * available:
+        return problem
+    total = _tensor_bytes(problem.request)
+    max_bytes = total
+    while max_bytes > (1 << 20) and estimate(problem.request) > MEMORY_SHARE * available:
+        max_bytes //= 2
+        problem = _scaled(problem, max_bytes)
+    print(
+        f"the tensors ({total / 2**20:,.1f} MiB) do not fit this machine's memory once per "
+        f"rank; running them scaled to {_tensor_bytes(problem.request) / 2**20:,.1f} MiB, same "
+        "layouts (choose with --max-bytes)",
+        file=sys.stderr,
+    )
+    return problem
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    problem = _problem(args)
+    try:
+        from executor.local_run import estimate_memory_bytes, run_plan_locally
+        from executor.local_world import RankFailure
+    except ImportError as err:
+        raise UsageError(
+            f"meshcast run needs PyTorch ({err}): pip install 'meshcast[executor]'"
+        ) from None
+    problem = _fitting_problem(args, estimate_memory_bytes)
     num_ranks = 1 + max(problem.topology.host_of)
     if num_ranks > args.max_ranks:
         raise UsageError(
@@ -110,16 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--repeats: must be at least 1, got {args.repeats}")
     if args.timeout <= 0:
         raise UsageError(f"--timeout: must be positive, got {args.timeout}")
-    try:
-        from executor.local_run import estimate_memory_bytes, run_plan_locally
-        from executor.local_world import RankFailure
-    except ImportError as err:
-        raise UsageError(
-            f"meshcast run needs PyTorch ({err}): pip install 'meshcast[executor]'"
-        ) from None
     plan = _plan(problem, args)
     needed, available = estimate_memory_bytes(problem.request, plan), _available_memory_bytes()
-    if available is not None and needed > 0.8 * available:
+    if available is not None and needed > MEMORY_SHARE * available:
         raise UsageError(
             f"request: running it locally needs about {needed / 2**30:.1f} GiB, this machine has "
             f"{available / 2**30:.1f} GiB available; scale it down with --max-bytes"

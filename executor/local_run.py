@@ -21,6 +21,7 @@ from executor.executor import Executor, Mode
 from executor.local_world import LocalWorld
 from executor.reference import reference_box, same_bytes
 from executor.transport import CHUNK_BYTES
+from planner.boxes import volume
 from planner.plan import Plan
 from planner.problem import build_problem
 from planner.request import Request, parse_request
@@ -113,26 +114,22 @@ def _rank_job(
     return {"runs_s": runs_s, "timings": timings, "mismatches": mismatches}
 
 
-#: resident memory of one idle rank process (torch and gloo loaded), measured on CPU
-RANK_BASE_BYTES = 400 << 20
-#: bytes of temporaries per element while a reference box is computed (three uint64 arrays)
-_REFERENCE_BYTES_PER_ELEMENT = 24
+#: resident memory of one rank process (torch and gloo loaded, reference temporaries), on CPU
+RANK_BASE_BYTES = 500 << 20
 
 
-def estimate_memory_bytes(request: Request, plan: Plan) -> int:
-    """Peak memory of `run_plan_locally` over all ranks, roughly: shards, receive buffers,
-    results and the reference tensors the check builds."""
+def estimate_memory_bytes(request: Request, plan: Plan | None = None) -> int:
+    """Peak memory of `run_plan_locally` over all ranks, roughly: source shards, receive
+    buffers, results and the reference shards they are compared with. Without a plan, every
+    destination shard is taken to arrive once."""
     problem = build_problem(request)
     per_rank = {d: RANK_BASE_BYTES for d in range(1 + max(problem.topology.host_of))}
     for i, spec in enumerate(request.tensors):
-        per_element = spec.itemsize_bytes + _REFERENCE_BYTES_PER_ELEMENT
-        for side, copies in ((problem.src_boxes(i), 1), (problem.dst_boxes(i), 2)):
+        received = 0 if plan is not None else 1
+        for side, copies in ((problem.src_boxes(i), 1), (problem.dst_boxes(i), 2 + received)):
             for device, box in side.items():
-                num_elements = 1
-                for lo, hi in box:
-                    num_elements *= hi - lo
-                per_rank[device] += num_elements * (per_element + copies * spec.itemsize_bytes)
-    for transfer in plan.transfers:
+                per_rank[device] += copies * volume(box) * spec.itemsize_bytes
+    for transfer in plan.transfers if plan is not None else ():
         num_bytes = sum(problem.piece_bytes(p) for p in transfer.pieces)
         for device in transfer.dst:
             per_rank[device] += num_bytes

@@ -8,6 +8,7 @@ every dtype appears (NaN payloads included). Comparison is byte for byte.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -31,8 +32,28 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+#: elements computed at once: bounds the uint64 temporaries to about 100 MB
+SLAB_ELEMENTS = 1 << 22
+
+
 def reference_box(name: str, shape: tuple[int, ...], dtype: str, box: Box) -> torch.Tensor:
     """The elements of `box` of the reference tensor `name` (global `shape`, `dtype`)."""
+    extents = [hi - lo for lo, hi in box]
+    if math.prod(extents) <= SLAB_ELEMENTS:
+        return _reference_slab(name, shape, dtype, box)
+    axis = max(range(len(box)), key=lambda a: extents[a])
+    step = max(1, SLAB_ELEMENTS // (math.prod(extents) // extents[axis]))
+    lo, hi = box[axis]
+    slabs = [
+        _reference_slab(
+            name, shape, dtype, (*box[:axis], (start, min(start + step, hi)), *box[axis + 1 :])
+        )
+        for start in range(lo, hi, step)
+    ]
+    return torch.cat(slabs, dim=axis)
+
+
+def _reference_slab(name: str, shape: tuple[int, ...], dtype: str, box: Box) -> torch.Tensor:
     flat = np.zeros((1,) * len(shape), dtype=np.uint64)
     stride = 1
     for axis in reversed(range(len(shape))):

@@ -68,8 +68,8 @@ def test_run_takes_a_plan_file_and_prints_every_transfer(
     [
         # far more ranks than the machine should host
         (["--max-ranks", "4"], "6 ranks (devices 0..5) exceed --max-ranks 4"),
-        # a full-size case: about 30 GiB of shards on one machine
-        ([], "scale it down with --max-bytes"),
+        # 1 GiB to four receivers, kept full size by the user, on a machine with 4 GiB free
+        (["--max-bytes", "2GiB"], "scale it down with --max-bytes"),
         # nonsense repeat count
         (["--repeats", "0", "--max-bytes", "1MiB"], "--repeats: must be at least 1"),
         # unknown algorithm
@@ -79,8 +79,12 @@ def test_run_takes_a_plan_file_and_prints_every_transfer(
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setattr("api.cli_run._available_memory_bytes", lambda: 4 << 30)
     assert main(["run", CASE, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1], err
@@ -92,6 +96,18 @@ def test_a_size_that_is_no_size_is_a_usage_error(capsys: pytest.CaptureFixture[s
         main(["run", CASE, "--max-bytes", "lots"])
     assert exit_.value.code == 2
     assert "expected a size like 64MiB or 1GB, got 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.torch
+def test_a_request_too_large_for_memory_is_scaled_down_and_said_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("api.cli_run._available_memory_bytes", lambda: 6 << 30)
+    assert main(["run", CASE, "--json", "--time-limit", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "do not fit this machine's memory" in captured.err
+    assert "running them scaled to" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["verified"] is True
 
 
 def test_plan_for_another_request_is_refused(

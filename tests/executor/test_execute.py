@@ -259,3 +259,19 @@ def test_wrong_source_shards_are_refused_before_any_communication(world: LocalWo
     message = world.run(_bad_shard_job, parsed.to_json(), plan.to_json())[0]
     assert message.startswith("source_shards")
     assert "rank 0" in message
+
+
+def _idle_rank_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> tuple[int, int]:
+    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    with Executor(plan, request, mode="broadcast") as executor:
+        received = executor.run(reference_sources(request))
+        return len(executor.steps), len(received)
+
+
+def test_ranks_in_neither_mesh_only_take_part_in_set_up(world: LocalWorld) -> None:
+    parsed = parse_request(BASE)  # devices 0-7; the world has more ranks
+    plan = make_plan(build_problem(parsed), "auto", SolveOptions(time_limit_s=0.5))
+    counts = world.run(_idle_rank_job, parsed.to_json(), plan.to_json())
+    assert world.num_ranks > 8
+    assert all(steps > 0 and received > 0 for steps, received in counts[4:8])
+    assert all(c == (0, 0) for c in counts[8:])

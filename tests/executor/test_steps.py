@@ -118,3 +118,12 @@ def test_scaled_request_keeps_layouts_and_fits_the_budget() -> None:
     assert 32 << 20 < num_bytes <= 64 << 20
     with pytest.raises(ValueError, match="max_bytes"):
         scaled_request(case, 0)
+
+
+def test_reference_boxes_computed_in_slabs_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import executor.reference
+
+    box = ((1, 9), (0, 11), (2, 7))
+    whole = reference_box("s", (9, 11, 7), "int32", box)
+    monkeypatch.setattr(executor.reference, "SLAB_ELEMENTS", 50)
+    assert same_bytes(reference_box("s", (9, 11, 7), "int32", box), whole)
