@@ -14,11 +14,11 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[executor,server,dev]"
+	$(BIN)/pip install --quiet -e ".[executor,server,redis,dev]"
 	touch $@
 
 serve: install
-	$(BIN)/uvicorn --factory api.app:create_app --host $(HOST) --port $(PORT)
+	$(BIN)/meshcast serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest -q

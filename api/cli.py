@@ -1,4 +1,4 @@
-"""The `meshcast` command line: plan, compare, check, bound and run.
+"""The `meshcast` command line: plan, compare, check, bound, run, serve and cache.
 
 Bad input (unreadable file, invalid request or plan, unknown algorithm) prints one line naming
 the problem and exits with status 2; an invalid plan under `check` exits with status 1.
@@ -15,10 +15,12 @@ from pathlib import Path
 
 from api.cli_common import UsageError, load_problem, read_json, solve_options
 from api.cli_run import add_run_parser
+from api.cli_serve import add_serve_parsers
 from planner import PlanFormatError, RequestError
 from planner.plan import Plan
+from planner.problem import Problem
 from planner.simulate import check_plan, simulate
-from solver import ALGORITHMS, make_plan, resolve
+from solver import ALGORITHMS, SolveOptions, make_plan, resolve
 
 
 def _summary(plan: Plan, wire_bytes: int) -> str:
@@ -36,6 +38,29 @@ def _summary(plan: Plan, wire_bytes: int) -> str:
     return "\n".join(lines)
 
 
+def _plan_maybe_remote(
+    problem: Problem, algorithm: str, options: SolveOptions, server: str | None
+) -> Plan:
+    if server is None:
+        return make_plan(problem, algorithm, options)
+    from api.client import MeshcastClient, ServiceError, ServiceUnavailable
+
+    request = problem.request.to_json()
+    request["options"] = {
+        "algorithm": algorithm,
+        "time_limit_s": options.time_limit_s,
+        "seed": options.seed,
+    }
+    with MeshcastClient(server, retries=2) as client:
+        try:
+            return client.plan(request)
+        except ServiceError as err:
+            raise UsageError(f"--server: the service refused the request: {err}") from None
+        except ServiceUnavailable as err:
+            print(f"service unreachable ({err}); planning locally", file=sys.stderr)
+            return make_plan(problem, algorithm, options)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     problem = load_problem(args.request)
     algorithm = args.algorithm or problem.request.options.algorithm
@@ -48,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"planning {len(problem.tiles)} tiles with {algorithm} (limit {options.time_limit_s:g} s)",
         file=sys.stderr,
     )
-    plan = make_plan(problem, algorithm, options)
+    plan = _plan_maybe_remote(problem, algorithm, options, args.server)
     print(_summary(plan, simulate(problem, plan.transfers).wire_bytes))
     if args.output:
         Path(args.output).write_text(json.dumps(plan.to_json(), indent=1))
@@ -134,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("request", help="meshcast.request/v1 JSON file")
     plan.add_argument("--algorithm", help="algorithm name (default: request's, else auto)")
     solver_flags(plan)
+    plan.add_argument(
+        "--server", help="ask this planning service (local fallback), e.g. http://127.0.0.1:8000"
+    )
     plan.add_argument("--output", "-o", help="write the plan JSON here")
     plan.add_argument("--gantt", help="write a per-port Gantt chart (PNG) here")
     plan.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) here")
@@ -155,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bound.set_defaults(func=cmd_bound)
 
     add_run_parser(sub, solver_flags)
+    add_serve_parsers(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""A small client for the planning service."""
+"""A small client for the planning service, with timeouts, retries and a local fallback."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -9,6 +10,9 @@ import httpx
 from planner.plan import Plan
 from planner.request import Request
 from solver import plan_request
+
+#: statuses worth retrying: the service is overloaded, restarting or behind a proxy that is
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class ServiceError(RuntimeError):
@@ -20,22 +24,47 @@ class ServiceError(RuntimeError):
 
 
 class ServiceUnavailable(RuntimeError):
-    """The service could not be reached (connection refused, timed out, ...)."""
+    """The service could not be reached, or stayed unavailable through every retry."""
 
 
 class MeshcastClient:
-    """`MeshcastClient("http://127.0.0.1:8000").plan(request_dict)` -> `Plan`."""
+    """`MeshcastClient("http://127.0.0.1:8000").plan(request_dict)` -> `Plan`.
+
+    Connection failures and 429/502/503/504 answers are retried `retries` times with
+    exponential back-off (0.2 s, 0.4 s, ...); client errors (4xx) are not.
+    """
 
     def __init__(
-        self, base_url: str, timeout_s: float = 120.0, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        self.retries = retries
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
 
+    def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, json=body)
+            except httpx.TransportError as err:
+                if last:
+                    raise ServiceUnavailable(f"{self._http.base_url}: {err}") from err
+            else:
+                if response.status_code not in _RETRY_STATUSES:
+                    return response
+                if last:
+                    raise ServiceUnavailable(
+                        f"{self._http.base_url}: {response.status_code} after "
+                        f"{self.retries + 1} attempts"
+                    )
+            time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.TransportError as err:
-            raise ServiceUnavailable(f"{self._http.base_url}: {err}") from err
+        response = self._send(method, path, body)
         if response.status_code != 200:
             detail = (
                 response.json().get("detail", {})
@@ -65,11 +94,21 @@ class MeshcastClient:
     def cached(self, request_id: str) -> Plan:
         return Plan.from_json(self._call("GET", f"/v1/plans/{request_id}")["plan"])
 
+    def compare(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("POST", "/v1/compare", request)["algorithms"]
+        return rows
+
     def check(self, request: dict[str, Any], plan: Plan) -> dict[str, Any]:
         return self._call("POST", "/v1/check", {"request": request, "plan": plan.to_json()})
 
     def health(self) -> dict[str, Any]:
-        return self._call("GET", "/health")
+        return self._call("GET", "/healthz")
 
     def close(self) -> None:
         self._http.close()
+
+    def __enter__(self) -> MeshcastClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's settings and plan cache."""
+"""FastAPI dependencies: the app's settings, plan cache, planner and metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.cache import PlanCache
+from api.metrics import Metrics
+from api.planning import Planner
 from api.settings import Settings
 
 
@@ -20,5 +22,17 @@ def get_cache(request: Request) -> PlanCache:
     return cache
 
 
+def get_planner(request: Request) -> Planner:
+    planner: Planner = request.app.state.planner
+    return planner
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[PlanCache, Depends(get_cache)]
+PlannerDep = Annotated[Planner, Depends(get_planner)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

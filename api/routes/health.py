@@ -1,20 +1,34 @@
-"""Liveness and what the service offers."""
+"""Liveness, metrics and what the service offers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import CacheDep
+from api.deps import CacheDep, MetricsDep, PlannerDep
 from solver import ALGORITHMS
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/health")
-def health(cache: CacheDep) -> dict[str, Any]:
-    return {"status": "ok", "cached_plans": len(cache)}
+@router.get("/healthz")
+def healthz(cache: CacheDep, planner: PlannerDep) -> dict[str, Any]:
+    """Liveness: the cache answers; how many plans it holds and how many solves run."""
+    return {
+        "status": "ok",
+        "cache": cache.url,
+        "cached_plans": len(cache),
+        "cache_set_aside": str(getattr(cache, "set_aside", None) or "") or None,
+        "solving": planner.num_inflight,
+    }
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format."""
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/algorithms")

@@ -2,50 +2,84 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException
+from fastapi.responses import JSONResponse
 
-from api.deps import CacheDep, SettingsDep
+from api.deps import CacheDep, PlannerDep, SettingsDep
+from api.planning import Overloaded, SolverCrashed
+from api.settings import Settings
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
+from planner.request import Request
 from planner.simulate import check_plan
-from solver import SolveOptions, make_plan, resolve
+from solver import resolve
 
 router = APIRouter(prefix="/v1", tags=["plans"])
 #: any JSON: requests are validated by `planner.parse_request`, whose messages name the field
 JsonBody = Annotated[Any, Body()]
+_REQUEST_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _unprocessable(field: str, message: str) -> HTTPException:
     return HTTPException(status_code=422, detail={"field": field, "message": message})
 
 
-@router.post("/plans")
-def create_plan(settings: SettingsDep, cache: CacheDep, body: JsonBody) -> dict[str, Any]:
-    """Plan a `meshcast.request/v1` (or return the cached plan of the same canonical request)."""
+def _unavailable(message: str) -> HTTPException:
+    return HTTPException(
+        status_code=503, detail={"field": "", "message": message}, headers={"Retry-After": "1"}
+    )
+
+
+def _accepted_request(body: Any, settings: Settings) -> Request:
+    """Parse and check a request against the schema and this service's limits."""
     try:
         request = parse_request(body)
         resolve(request.options.algorithm)
     except RequestError as err:
         raise _unprocessable(err.field, err.message) from None
+    if len(request.tensors) > settings.max_tensors:
+        raise _unprocessable(
+            "tensors",
+            f"{len(request.tensors)} tensors is over this service's limit of "
+            f"{settings.max_tensors}",
+        )
+    num_devices = sum(len(h) for h in request.cluster.hosts)
+    if num_devices > settings.max_devices:
+        raise _unprocessable(
+            "cluster.hosts",
+            f"{num_devices} devices is over this service's limit of {settings.max_devices}",
+        )
     if request.options.time_limit_s > settings.max_time_limit_s:
         raise _unprocessable(
             "options.time_limit_s",
             f"{request.options.time_limit_s} s is over this service's limit of "
             f"{settings.max_time_limit_s} s",
         )
-    cached = cache.get(request.request_id)
-    if cached is not None:
-        return {"cached": True, "plan": cached}
-    options = SolveOptions(time_limit_s=request.options.time_limit_s, seed=request.options.seed)
-    plan = make_plan(build_problem(request), request.options.algorithm, options).to_json()
-    cache.put(request.request_id, plan)
-    return {"cached": False, "plan": plan}
+    return request
+
+
+@router.post("/plans")
+async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> JSONResponse:
+    """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request.
+    Header `X-Cache: hit` when nothing was solved for this call."""
+    request = _accepted_request(body, settings)
+    try:
+        plan, hit = await planner.plan(request)
+    except (Overloaded, SolverCrashed) as err:
+        raise _unavailable(str(err)) from None
+    return JSONResponse(
+        {"cached": hit, "plan": plan}, headers={"X-Cache": "hit" if hit else "miss"}
+    )
 
 
 @router.get("/plans/{request_id}")
-def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
+async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
+    """A cached plan by the sha256 of its canonical request."""
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise _unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
     plan = cache.get(request_id)
     if plan is None:
         raise HTTPException(
@@ -55,8 +89,19 @@ def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
     return {"cached": True, "plan": plan}
 
 
+@router.post("/compare")
+async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
+    """Every algorithm on one request, side by side (not cached)."""
+    request = _accepted_request(body, settings)
+    try:
+        rows = await planner.compare(request)
+    except SolverCrashed as err:
+        raise _unavailable(str(err)) from None
+    return {"request_id": request.request_id, "algorithms": rows}
+
+
 @router.post("/check")
-def check(body: JsonBody) -> dict[str, Any]:
+async def check(body: JsonBody) -> dict[str, Any]:
     """Validate `{"request": ..., "plan": ...}` and recompute the plan's port-v1 times."""
     if not isinstance(body, dict) or "request" not in body or "plan" not in body:
         raise _unprocessable("body", "expected an object with 'request' and 'plan'")

@@ -1,43 +1,77 @@
-"""The planning service: HTTP contract, cache, bad input, and a real uvicorn process."""
+"""The planning service in process: HTTP contract, cache, limits and every kind of bad input."""
 
 from __future__ import annotations
 
 import copy
 import json
-import socket
-import subprocess
-import sys
-import time
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.client import MeshcastClient, ServiceError, ServiceUnavailable
-from api.settings import Settings
+from api.settings import Settings, SettingsError
 from tests.conftest import load_case
 
 CASE = load_case("paper-n2m-case6")
+SMALL = load_case("paper-1tom-1x2")
+
+
+def settings_for(tmp_path: Path, **changes: Any) -> Settings:
+    """Solving on threads keeps in-process tests quick; the real server tests use processes."""
+    base = {
+        "cache_url": str(tmp_path / "cache.sqlite3"),
+        "max_time_limit_s": 5.0,
+        "solver_processes": 0,
+        "warm_up": False,
+    }
+    return Settings(**{**base, **changes})  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> TestClient:
-    app = create_app(Settings(cache_path=tmp_path / "cache.sqlite3", max_time_limit_s=5.0))
-    with TestClient(app) as test_client:
-        yield test_client
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(tmp_path)), raise_server_exceptions=False) as test:
+        yield test
 
 
-def test_plan_is_computed_then_cached(client: TestClient) -> None:
+def test_plan_is_solved_once_then_a_hit(client: TestClient) -> None:
     first = client.post("/v1/plans", json=CASE)
-    assert first.status_code == 200
+    assert first.status_code == 200 and first.headers["x-cache"] == "miss"
     body = first.json()
     assert body["cached"] is False and body["plan"]["format"] == "meshcast.plan/v1"
     again = client.post("/v1/plans", json=json.loads(json.dumps(CASE, sort_keys=True)))
+    assert again.headers["x-cache"] == "hit"
     assert again.json() == {"cached": True, "plan": body["plan"]}
     by_id = client.get(f"/v1/plans/{body['plan']['request_id']}")
     assert by_id.status_code == 200 and by_id.json()["plan"] == body["plan"]
-    assert client.get("/health").json() == {"status": "ok", "cached_plans": 1}
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["cached_plans"] == 1 and health["solving"] == 0
+
+
+def test_metrics_count_requests_hits_misses_and_solves(client: TestClient) -> None:
+    for _ in range(3):
+        client.post("/v1/plans", json=SMALL)
+    client.post("/v1/plans", json={"tensors": []})
+    text = client.get("/metrics").text
+    assert 'meshcast_plans_solved_total{algorithm="auto"} 1.0' in text
+    assert "meshcast_cache_hits_total 2.0" in text
+    assert "meshcast_cache_misses_total 1.0" in text
+    assert 'meshcast_http_requests_total{method="POST",route="/v1/plans",status="200"} 3.0' in text
+    assert 'meshcast_http_requests_total{method="POST",route="/v1/plans",status="422"} 1.0' in text
+    assert "meshcast_solve_seconds_count 1.0" in text
+    assert 'meshcast_http_request_duration_seconds_bucket{le="0.005",method="POST"' in text
+
+
+def test_compare_summarises_every_algorithm(client: TestClient) -> None:
+    request = copy.deepcopy(SMALL)
+    request["options"] = {"time_limit_s": 0.3}
+    body = client.post("/v1/compare", json=request).json()
+    names = [row["algorithm"] for row in body["algorithms"]]
+    assert names == list(client.get("/v1/algorithms").json())
+    assert all(row["ratio"] >= 1 - 1e-9 for row in body["algorithms"])
 
 
 def test_check_route(client: TestClient) -> None:
@@ -48,98 +82,171 @@ def test_check_route(client: TestClient) -> None:
     assert not client.post("/v1/check", json={"request": CASE, "plan": plan}).json()["valid"]
 
 
-@pytest.mark.parametrize(
-    ("change", "field", "fragment"),
-    [
-        (lambda r: r["tensors"][0].update(dtype="complex"), "tensors[0].dtype", "unknown dtype"),
-        (
-            lambda r: r.update(options={"algorithm": "magic"}),
-            "options.algorithm",
-            "unknown algorithm",
-        ),
-        (
-            lambda r: r.update(options={"time_limit_s": 50}),
-            "options.time_limit_s",
-            "over this service's limit",
-        ),
-        (lambda r: r["cluster"].update(hosts=[[0]]), "meshes.dst.devices[0]", "on no host"),
-    ],
-)
-def test_bad_requests_name_the_field(client: TestClient, change, field: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change to a copy of CASE: set the value at a dotted path (list indices as digits)."""
+
+    def change(request: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = request
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+BAD_REQUESTS = [
+    # wrong dtype name
+    (_set("tensors.0.dtype", "complex"), "tensors[0].dtype", "unknown dtype"),
+    # wrong type for a shape
+    (_set("tensors.0.shape", "big"), "tensors[0].shape", "valid list"),
+    # negative dimension
+    (_set("tensors.0.shape", [-4, 8]), "tensors[0].shape[0]", "greater than or equal"),
+    # absurd size: petabytes
+    (_set("tensors.0.shape", [1 << 30, 1 << 30, 1 << 30]), "tensors[0].shape", "bytes"),
+    # a mesh nobody defined
+    (_set("tensors.0.src.mesh", "nowhere"), "tensors[0].src.mesh", "unknown mesh"),
+    # placement naming a missing tensor dim
+    (_set("tensors.0.dst.placements", ["S(7)", "R"]), "tensors[0].dst.placements[0]", "dim"),
+    # partial placements are not supported
+    (_set("tensors.0.src.placements", ["P", "R"]), "tensors[0].src.placements[0]", "partial"),
+    # placements count differs from the mesh's axes
+    (_set("tensors.0.src.placements", ["R"]), "tensors[0].src.placements", "axes"),
+    # mesh shape does not match its device count
+    (_set("meshes.src.shape", [3, 3]), "meshes.src", "devices"),
+    # a device on no host
+    (_set("cluster.hosts", [[0]]), "meshes", "on no host"),
+    # a device on two hosts
+    (_set("cluster.hosts", [list(range(20)), [0]]), "cluster.hosts[1][0]", "already on host"),
+    # zero bandwidth
+    (_set("cluster.nic_gbps", 0), "cluster.nic_gbps", "greater than 0"),
+    # bandwidth as text
+    (_set("cluster.nic_gbps", "fast"), "cluster.nic_gbps", "valid number"),
+    # unknown algorithm
+    (_set("options", {"algorithm": "magic"}), "options.algorithm", "unknown algorithm"),
+    # a time limit over the service's cap
+    (_set("options", {"time_limit_s": 50}), "options.time_limit_s", "over this service's limit"),
+    # an unknown top-level field
+    (_set("colour", "blue"), "colour", "Extra inputs"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "fragment"), BAD_REQUESTS)
+def test_bad_requests_name_the_field(
+    client: TestClient, change: Callable[[dict[str, Any]], None], field: str, fragment: str
+) -> None:
     request = copy.deepcopy(CASE)
     change(request)
     response = client.post("/v1/plans", json=request)
-    assert response.status_code == 422
+    assert response.status_code == 422, response.text
     detail = response.json()["detail"]
-    assert detail["field"] == field and fragment in detail["message"]
+    assert detail["field"].startswith(field), detail
+    assert fragment.lower() in detail["message"].lower(), detail
+    assert client.get("/healthz").status_code == 200
 
 
-def test_non_json_and_unknown_plan(client: TestClient) -> None:
-    response = client.post(
-        "/v1/plans", content=b"{nope", headers={"content-type": "application/json"}
-    )
-    assert response.status_code == 422 and "field" in response.json()["detail"]
-    assert client.post("/v1/plans", json=[1, 2]).status_code == 422
-    assert client.get("/v1/plans/abc").status_code == 404
-    assert client.get("/v1/algorithms").json()["auto"]
+@pytest.mark.parametrize(
+    ("send", "status", "field"),
+    [
+        # malformed JSON
+        (
+            lambda c: c.post(
+                "/v1/plans", content=b"{nope", headers={"content-type": "application/json"}
+            ),
+            422,
+            "body",
+        ),
+        # JSON that is not an object
+        (lambda c: c.post("/v1/plans", json=[1, 2]), 422, "request"),
+        # an empty object
+        (lambda c: c.post("/v1/plans", json={}), 422, "tensors"),
+        # a request id that is not one
+        (lambda c: c.get("/v1/plans/abc"), 422, "request_id"),
+        # a well-formed id nobody planned
+        (lambda c: c.get("/v1/plans/" + "0" * 64), 404, "request_id"),
+        # check without a plan
+        (lambda c: c.post("/v1/check", json={"request": CASE}), 422, "body"),
+        # compare with a bad request
+        (lambda c: c.post("/v1/compare", json={"tensors": 3}), 422, "tensors"),
+    ],
+)
+def test_malformed_calls_are_4xx_json(
+    client: TestClient, send: Callable[[TestClient], Any], status: int, field: str
+) -> None:
+    response = send(client)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]["field"].startswith(field)
+
+
+def test_bodies_over_the_limit_are_413(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, max_body_bytes=1 << 20))
+    with TestClient(app) as client:
+        big = b'{"tensors": [' + b" " * (30 << 20) + b"]}"
+        response = client.post(
+            "/v1/plans", content=big, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert response.json()["detail"]["field"] == "body"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            for _ in range(40):
+                yield b" " * (64 << 10)
+
+        streamed = client.post(
+            "/v1/plans", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert client.post("/v1/plans", json=SMALL).status_code == 200
+
+
+def test_tensor_and_device_caps(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, max_tensors=1, max_devices=8))
+    with TestClient(app) as client:
+        two = copy.deepcopy(SMALL)
+        two["tensors"].append({**two["tensors"][0], "name": "y"})
+        response = client.post("/v1/plans", json=two)
+        assert response.status_code == 422 and response.json()["detail"]["field"] == "tensors"
+        response = client.post("/v1/plans", json=CASE)  # 20 devices
+        assert response.status_code == 422 and response.json()["detail"]["field"] == "cluster.hosts"
 
 
 def test_cache_survives_restart(tmp_path: Path) -> None:
-    settings = Settings(cache_path=tmp_path / "cache.sqlite3")
+    settings = settings_for(tmp_path)
     with TestClient(create_app(settings)) as first:
         plan = first.post("/v1/plans", json=CASE).json()["plan"]
     with TestClient(create_app(settings)) as second:
-        assert second.get(f"/v1/plans/{plan['request_id']}").json()["plan"] == plan
+        response = second.post("/v1/plans", json=CASE)
+        assert response.headers["x-cache"] == "hit" and response.json()["plan"] == plan
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def test_a_corrupt_cache_file_is_set_aside_and_the_service_starts(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        health = client.get("/healthz").json()
+        assert health["cached_plans"] == 0
+        assert health["cache_set_aside"].startswith(str(path) + ".corrupt-")
+        assert client.post("/v1/plans", json=SMALL).status_code == 200
+    assert Path(health["cache_set_aside"]).read_bytes().startswith(b"this is not")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_real_server_and_client(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {"MESHCAST_CACHE": str(tmp_path / "cache.sqlite3"), "PATH": "/usr/bin:/bin"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port)],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+def test_openapi_docs_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/plans", "/v1/plans/{request_id}", "/v1/compare", "/healthz", "/metrics"} <= set(
+        paths
     )
-    client = MeshcastClient(f"http://127.0.0.1:{port}", timeout_s=60)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.health()
-                break
-            except ServiceUnavailable:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail(
-                        f"server did not start: {server.stderr.read() if server.stderr else ''}"
-                    )
-                time.sleep(0.2)
-        plan = client.plan(CASE)
-        assert plan.ratio < 1.01 and client.check(CASE, plan)["valid"]
-        assert client.cached(plan.request_id) == plan
-        with pytest.raises(ServiceError) as info:
-            client.plan({**CASE, "meshes": {}})
-        assert info.value.status == 422 and info.value.field == "meshes"
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=10)
 
 
-def test_client_plans_locally_when_the_service_is_unreachable() -> None:
-    from planner import parse_request
-
-    client = MeshcastClient(f"http://127.0.0.1:{_free_port()}", timeout_s=5)
-    with pytest.raises(ServiceUnavailable, match=r"127\.0\.0\.1"):
-        client.health()
-    request = parse_request(CASE)
-    plan = client.plan_request(request)
-    assert plan.request_id == request.request_id and plan.transfers
-    client.close()
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESHCAST_CACHE", "redis://cache:6379/0")
+    monkeypatch.setenv("MESHCAST_SOLVER_PROCESSES", "4")
+    monkeypatch.setenv("MESHCAST_WARM_UP", "no")
+    settings = Settings.from_env()
+    assert settings.cache_url == "redis://cache:6379/0"
+    assert settings.solver_processes == 4 and settings.warm_up is False
+    monkeypatch.setenv("MESHCAST_MAX_BODY_BYTES", "lots")
+    with pytest.raises(SettingsError, match="MESHCAST_MAX_BODY_BYTES: expected a int, got 'lots'"):
+        Settings.from_env()

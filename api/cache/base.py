@@ -1,0 +1,46 @@
+"""What every plan cache offers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be opened or reached; the message names it."""
+
+
+@dataclass(frozen=True)
+class CachedPlan:
+    """A plan with the canonical request it was made for."""
+
+    request_id: str
+    plan: dict[str, Any]
+    request: dict[str, Any] | None
+
+
+class PlanCache(Protocol):
+    """Plans by canonical request id, shared by every process that opens the same cache."""
+
+    #: where the cache lives, for messages and the health route
+    url: str
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """The cached plan JSON, or None."""
+
+    def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
+        """Store (or replace) the plan of `request_id`."""
+
+    def entries(self) -> Iterator[CachedPlan]:
+        """Every cached plan, for export."""
+
+    def claim(self, request_id: str, owner: str, ttl_s: float) -> bool:
+        """Try to become the one process solving `request_id` for `ttl_s` seconds."""
+
+    def release(self, request_id: str, owner: str) -> None:
+        """Give up a claim (after the plan is stored, or on failure)."""
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
