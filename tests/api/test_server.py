@@ -6,16 +6,12 @@ from __future__ import annotations
 import copy
 import random
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from api.client import MeshcastClient
 from planner.synthetic import shared_like_request
@@ -131,35 +127,6 @@ def test_client_retries_and_falls_back(tmp_path: Path) -> None:
         started = time.monotonic()
         assert client.plan_request(request).request_id == request.request_id
         assert time.monotonic() - started < 30
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_replicas_on_one_redis_solve_once_and_share_plans(redis_url: str) -> None:

@@ -1,0 +1,145 @@
+"""Load on a real `meshcast serve`: cached and uncached plan requests, one and many clients.
+
+Starts the service from this checkout on a free port with a fresh SQLite cache, then measures
+latency (p50, p99) and throughput of: `GET /healthz` (the floor: no cache, no parsing), cached
+`POST /v1/plans` from one client and from 16, distinct uncached requests from 8 clients, and 16
+identical uncached requests at once (solves counted from `/metrics`).
+
+    python benchmarks/service_load.py [--requests 400] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import markdown_table, write_results
+from planner.synthetic import shared_like_request
+from tests.api.server import running_server
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _measure(
+    name: str, calls: list[Callable[[httpx.Client], httpx.Response]], num_clients: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: list[int] = []
+    clients = [httpx.Client(timeout=300) for _ in range(num_clients)]
+
+    def run(index: int) -> None:
+        client = clients[index % num_clients]
+        started = time.perf_counter()
+        response = calls[index](client)
+        latencies.append(time.perf_counter() - started)
+        statuses.append(response.status_code)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(num_clients) as pool:
+        list(pool.map(run, range(len(calls))))
+    wall = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    row = {
+        "scenario": name,
+        "clients": num_clients,
+        "requests": len(calls),
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": _percentile(latencies, 0.99) * 1e3,
+        "req_per_s": len(calls) / wall,
+        "non_200": sum(1 for s in statuses if s != 200),
+    }
+    print(
+        f"{name:<40} p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
+        f"{row['req_per_s']:8.1f} req/s",
+        flush=True,
+    )
+    return row
+
+
+def _solves(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    pattern = r"^meshcast_plans_solved_total\{[^}]*\} (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(77)
+    cached_request = shared_like_request(rng, "paper")
+    distinct = [shared_like_request(rng, kind) for kind in ["paper", "modern"] * 8]
+    for request in distinct:
+        request["options"] = {"time_limit_s": 0.5}
+    identical = shared_like_request(rng, "modern")
+    identical["options"] = {"time_limit_s": 1.0}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = str(Path(tmp) / "plans.sqlite3")
+        with running_server("--cache", cache, "--workers", str(args.workers)) as url:
+            httpx.post(f"{url}/v1/plans", json=cached_request, timeout=300)  # now cached
+            n = args.requests
+            health = [lambda c: c.get(f"{url}/healthz")] * n
+            cached = [lambda c: c.post(f"{url}/v1/plans", json=cached_request)] * n
+            rows.append(_measure("GET /healthz (floor)", health, 1))
+            rows.append(_measure("POST /v1/plans cached", cached, 1))
+            rows.append(_measure("POST /v1/plans cached", cached, 16))
+            before = _solves(url)
+            uncached = [
+                (lambda c, r=r: c.post(f"{url}/v1/plans", json=r))  # type: ignore[misc]
+                for r in distinct
+            ]
+            rows.append(_measure("POST /v1/plans uncached, distinct", uncached, 8))
+            rows[-1]["solves"] = _solves(url) - before
+            before = _solves(url)
+            same = [lambda c: c.post(f"{url}/v1/plans", json=identical)] * 16
+            rows.append(_measure("POST /v1/plans uncached, 16 identical", same, 16))
+            rows[-1]["solves"] = _solves(url) - before
+    header = ["scenario", "clients", "requests", "p50 ms", "p99 ms", "req/s", "non-200", "solves"]
+    table = markdown_table(
+        header,
+        [
+            [
+                r["scenario"],
+                r["clients"],
+                r["requests"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["req_per_s"],
+                r["non_200"],
+                r.get("solves", "-"),
+            ]
+            for r in rows
+        ],
+    )
+    floor = rows[0]["p50_ms"]
+    note = (
+        f"\ncached POST p50 from one client: {rows[1]['p50_ms']:.2f} ms "
+        f"({rows[1]['p50_ms'] / floor:.1f}x the /healthz floor of {floor:.2f} ms); "
+        f"{args.workers} uvicorn worker(s)"
+    )
+    print(table + note)
+    path = write_results("service_load", table + note, rows)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
