@@ -23,7 +23,7 @@ from executor.reference import reference_box, same_bytes
 from executor.transport import CHUNK_BYTES
 from planner.boxes import volume
 from planner.plan import Plan
-from planner.problem import build_problem
+from planner.problem import Problem, build_problem
 from planner.request import Request, parse_request
 
 
@@ -89,7 +89,7 @@ def verify_received(request: Request, received: Mapping[str, torch.Tensor]) -> l
     return mismatches
 
 
-def _rank_job(
+def rank_job(
     request_json: dict[str, Any],
     plan_json: dict[str, Any],
     mode: Mode,
@@ -155,8 +155,14 @@ def run_plan(
     if repeats < 1:
         raise ValueError(f"repeats: must be at least 1, got {repeats}")
     answers = world.run(
-        _rank_job, request.to_json(), plan.to_json(), mode, repeats, world.timeout_s, chunk_bytes
+        rank_job, request.to_json(), plan.to_json(), mode, repeats, world.timeout_s, chunk_bytes
     )
+    return summarize(problem, plan, answers)
+
+
+def summarize(problem: Problem, plan: Plan, answers: list[dict[str, Any]]) -> RunReport:
+    """One report from every rank's `rank_job` answer."""
+    repeats = len(answers[0]["runs_s"])
     runs_s = [max(a["runs_s"][k] for a in answers) for k in range(repeats)]
     spans: dict[int, tuple[float, float]] = {}
     for answer in answers:

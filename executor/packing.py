@@ -25,8 +25,11 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 
 
 def pack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate the raw bytes of `parts` (contiguous copies) into one uint8 tensor."""
+    """Concatenate the raw bytes of `parts` into one uint8 tensor (a view, not a copy, when
+    there is one contiguous part)."""
     flat = [p.contiguous().reshape(-1).view(torch.uint8) for p in parts]
+    if len(flat) == 1:
+        return flat[0]
     return torch.cat(flat) if flat else torch.empty(0, dtype=torch.uint8)
 
 

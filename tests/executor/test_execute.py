@@ -13,7 +13,7 @@ import torch.distributed as dist  # noqa: E402
 
 from executor import MODES, Executor  # noqa: E402
 from executor.local_run import (  # noqa: E402
-    _rank_job,
+    rank_job,
     reference_sources,
     run_plan,
     verify_received,
@@ -217,7 +217,7 @@ def test_ranks_disagreeing_fail_clearly_on_every_rank(world: LocalWorld, what: s
         for rank in range(world.num_ranks)
     ]
     with pytest.raises(RankFailure) as failure:
-        world.run(_rank_job, per_rank=per_rank)
+        world.run(rank_job, per_rank=per_rank)
     errors = failure.value.errors
     assert sorted(errors) == list(range(world.num_ranks))  # every rank, none left hanging
     assert all("PlanMismatchError: ranks hold different plans" in e for e in errors.values())
