@@ -88,6 +88,35 @@ def _job(world_size: int, timeout_s: float, repeats: int, **fields: Any) -> dict
     }
 
 
+def _calibration(
+    spec: network.TestbedSpec, world_size: int, timeout_s: float, repeats: int
+) -> dict[str, Any]:
+    job = _job(
+        world_size,
+        timeout_s,
+        repeats,
+        calibrate=True,
+        calibrate_bytes=16 << 20,
+        chunk_bytes=TESTBED_CHUNK_BYTES,
+        request=None,
+    )
+    calibration: dict[str, Any] = run_job(spec, job, timeout_s)[0]["calibration"]
+    return calibration
+
+
+def calibrate_testbed(
+    request: Request, name: str, nic_gbps: float, latency_us: float | None, timeout_s: float = 300
+) -> dict[str, Any]:
+    """Bring a testbed up for the request's cluster, measure its links, take it down."""
+    latency = request.cluster.latency_us if latency_us is None else latency_us
+    spec = spec_for(request, name, nic_gbps, latency)
+    network.up(spec)
+    try:
+        return _calibration(spec, 1 + max(spec.host_of), timeout_s, repeats=3)
+    finally:
+        network.down(name)
+
+
 def bench(
     request: Request,
     algorithms: Sequence[str],

@@ -1,0 +1,136 @@
+"""The emulated cluster: pure parts everywhere; namespaces, links and a measured bench where
+this machine allows them (root, iproute2, network namespaces), skipped with the reason if not."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from planner import parse_request
+from testbed import network
+from testbed.bench import bench, calibrated, spec_for
+from testbed.launch import run_job
+
+ONE_TO_FOUR: dict[str, Any] = {
+    # one sender, two receiving hosts of two: the paper's one-to-many shape, small
+    "tensors": [
+        {
+            "name": "x",
+            "shape": [2048, 2048],
+            "dtype": "float32",
+            "src": {"mesh": "a", "placements": ["R"]},
+            "dst": {"mesh": "b", "placements": ["R", "R"]},
+        }
+    ],
+    "meshes": {
+        "a": {"shape": [1], "devices": [0]},
+        "b": {"shape": [2, 2], "devices": [1, 2, 3, 4]},
+    },
+    "cluster": {
+        "hosts": [[0], [1, 2], [3, 4]],
+        "nic_gbps": 10,
+        "nics_per_host": 1,
+        "intra_gbps": 100,
+        "latency_us": 10,
+    },
+}
+
+
+def test_spec_and_calibrated_request() -> None:
+    request = parse_request(
+        {**ONE_TO_FOUR, "cluster": {**ONE_TO_FOUR["cluster"], "nics_per_host": 2}}
+    )
+    spec = spec_for(request, "x", nic_gbps=0.5, latency_us=20)
+    assert spec.num_hosts == 3 and spec.host_gbps == 1.0  # two rails share the host's link
+    assert spec.host_of == {0: 0, 1: 1, 2: 1, 3: 2, 4: 2}
+    assert spec.namespace(2) == "meshcast-x-h2" and spec.switch == "meshcast-x-sw"
+    model = calibrated(request, {"nic_gbps": 0.9, "intra_gbps": 12.0, "latency_us": 150.0})
+    assert model["cluster"]["nic_gbps"] == pytest.approx(0.45)  # per rail
+    assert model["cluster"]["intra_gbps"] == 12.0 and model["cluster"]["latency_us"] == 150.0
+    assert network.host_address(0) == "10.213.0.1" and network.host_address(251) == "10.213.1.2"
+
+
+def _testbed_or_skip() -> None:
+    try:
+        network.check_available()
+    except network.TestbedError as err:
+        pytest.skip(f"no testbed here: {err}")
+
+
+def test_up_status_down_are_idempotent() -> None:
+    _testbed_or_skip()
+    spec = spec_for(parse_request(ONE_TO_FOUR), "pytest", nic_gbps=0.5, latency_us=0)
+    try:
+        network.up(spec)
+        network.up(spec)  # replaces, does not fail
+        assert len(network.namespaces("pytest")) == 4  # switch and three hosts
+        status = network.status("pytest")
+        assert "meshcast-pytest-h1  10.213.0.2  ranks [1, 2]" in status
+        # a TCP connection from host 0 to host 2 crosses the switch
+        server_code = (
+            "import socket; s = socket.socket(); s.bind(('', 5000)); s.listen(); "
+            "c, _ = s.accept(); c.sendall(b'across')"
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", spec.namespace(2), sys.executable, "-c", server_code]
+        )
+        client_code = (
+            "import socket, time\n"
+            "for _ in range(50):\n"
+            "    try:\n"
+            f"        c = socket.create_connection(('{network.host_address(2)}', 5000), 2); break\n"
+            "    except OSError: time.sleep(0.1)\n"
+            "print(c.recv(16).decode())"
+        )
+        client = subprocess.run(
+            ["ip", "netns", "exec", spec.namespace(0), sys.executable, "-c", client_code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        server.wait(timeout=30)
+        assert client.stdout.strip() == "across", client.stderr
+    finally:
+        assert len(network.down("pytest")) == 4
+    assert network.down("pytest") == []
+    assert network.status("pytest") == "testbed 'pytest' is down"
+
+
+def test_a_failing_rank_is_reported_and_stops_the_others() -> None:
+    _testbed_or_skip()
+    spec = spec_for(parse_request(ONE_TO_FOUR), "pytestfail", nic_gbps=0.5, latency_us=0)
+    network.up(spec)
+    try:
+        bad_plan = {"format": "meshcast.plan/v1", "transfers": "nonsense"}
+        job = {
+            "world_size": 5,
+            "timeout_s": 30,
+            "repeats": 1,
+            "request": ONE_TO_FOUR,
+            "runs": [{"plan": bad_plan, "mode": "chain", "chunk_bytes": 1 << 20}],
+        }
+        with pytest.raises(network.TestbedError, match="rank 0 failed"):
+            run_job(spec, job, timeout_s=60)
+    finally:
+        network.down("pytestfail")
+
+
+def test_measured_times_follow_the_model() -> None:
+    _testbed_or_skip()
+    request = parse_request(copy.deepcopy(ONE_TO_FOUR))  # 16 MiB to 4 GPUs on 2 hosts
+    calibration, results = bench(
+        request, ["sendrecv", "broadcast-lb"], name="pytestbench", nic_gbps=0.5, repeats=3
+    )
+    assert network.namespaces("pytestbench") == []  # torn down
+    assert calibration["nic_gbps"] == pytest.approx(0.5, rel=0.2)
+    by_name = {r.algorithm: r for r in results}
+    for result in results:
+        assert result.verified
+        assert 0.75 <= result.measured_s / result.predicted_s <= 1.33, result
+    measured = by_name["sendrecv"].measured_s / by_name["broadcast-lb"].measured_s
+    predicted = by_name["sendrecv"].predicted_s / by_name["broadcast-lb"].predicted_s
+    assert predicted > 1.5 and measured >= predicted / 2
