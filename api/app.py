@@ -19,7 +19,7 @@ from api.cache import open_cache
 from api.metrics import Metrics
 from api.middleware import BodyLimit, Instrumentation
 from api.planning import Planner
-from api.routes import health, plans
+from api.routes import health, plans, schedules
 from api.settings import Settings
 
 log = logging.getLogger("meshcast.service")
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(plans.router)
+    app.include_router(schedules.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Instrumentation, metrics=metrics)
     return app

@@ -1,5 +1,5 @@
-"""The `meshcast` command line: plan, compare, check, bound, run, serve, cache, testbed and
-calibrate.
+"""The `meshcast` command line: plan, compare, check, bound, run, serve, cache, testbed,
+calibrate and schedule.
 
 Bad input (unreadable file, invalid request or plan, unknown algorithm) prints one line naming
 the problem and exits with status 2; an invalid plan under `check` exits with status 1.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from api.cli_common import UsageError, load_problem, read_json, solve_options
 from api.cli_run import add_run_parser
+from api.cli_schedule import add_schedule_parsers
 from api.cli_serve import add_serve_parsers
 from api.cli_testbed import add_testbed_parsers
 from planner import PlanFormatError, RequestError
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub, solver_flags)
     add_serve_parsers(sub)
     add_testbed_parsers(sub)
+    add_schedule_parsers(sub)
     return parser
 
 

@@ -33,27 +33,30 @@ def _unavailable(message: str) -> HTTPException:
     )
 
 
-def _accepted_request(body: Any, settings: Settings) -> Request:
+def accepted_request(body: Any, settings: Settings, field_prefix: str = "") -> Request:
     """Parse and check a request against the schema and this service's limits."""
     try:
-        request = parse_request(body)
-        resolve(request.options.algorithm)
+        return _within_limits(parse_request(body), settings)
     except RequestError as err:
-        raise _unprocessable(err.field, err.message) from None
+        raise _unprocessable(field_prefix + err.field, err.message) from None
+
+
+def _within_limits(request: Request, settings: Settings) -> Request:
+    resolve(request.options.algorithm)
     if len(request.tensors) > settings.max_tensors:
-        raise _unprocessable(
+        raise RequestError(
             "tensors",
             f"{len(request.tensors)} tensors is over this service's limit of "
             f"{settings.max_tensors}",
         )
     num_devices = sum(len(h) for h in request.cluster.hosts)
     if num_devices > settings.max_devices:
-        raise _unprocessable(
+        raise RequestError(
             "cluster.hosts",
             f"{num_devices} devices is over this service's limit of {settings.max_devices}",
         )
     if request.options.time_limit_s > settings.max_time_limit_s:
-        raise _unprocessable(
+        raise RequestError(
             "options.time_limit_s",
             f"{request.options.time_limit_s} s is over this service's limit of "
             f"{settings.max_time_limit_s} s",
@@ -65,7 +68,7 @@ def _accepted_request(body: Any, settings: Settings) -> Request:
 async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> JSONResponse:
     """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request.
     Header `X-Cache: hit` when nothing was solved for this call."""
-    request = _accepted_request(body, settings)
+    request = accepted_request(body, settings)
     try:
         plan, hit = await planner.plan(request)
     except (Overloaded, SolverCrashed) as err:
@@ -92,7 +95,7 @@ async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
 @router.post("/compare")
 async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Every algorithm on one request, side by side (not cached)."""
-    request = _accepted_request(body, settings)
+    request = accepted_request(body, settings)
     try:
         rows = await planner.compare(request)
     except SolverCrashed as err:

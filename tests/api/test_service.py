@@ -250,3 +250,75 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHCAST_MAX_BODY_BYTES", "lots")
     with pytest.raises(SettingsError, match="MESHCAST_MAX_BODY_BYTES: expected a int, got 'lots'"):
         Settings.from_env()
+
+
+def test_schedules_priced_by_boundary_plans(client: TestClient) -> None:
+    boundary = copy.deepcopy(SMALL)
+    boundary["options"] = {"time_limit_s": 0.3}
+    body = {
+        "stages": 2,
+        "microbatches": 8,
+        "forward_ms": 10,
+        "backward_ms": [20, 25],
+        "boundaries": [boundary],
+    }
+    answer = client.post("/v1/schedules", json=body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert set(data["results"]) == {"gpipe", "1f1b", "eager-1f1b"}
+    activation = data["boundaries"][0]["activation_s"]
+    plan = client.get(f"/v1/plans/{data['boundaries'][0]['activation_request_id']}").json()["plan"]
+    assert activation == plan["makespan_s"]  # the boundary's plan, now cached
+    assert data["results"]["eager-1f1b"]["peak_inflight"] == [3, 1]
+    given = client.post(
+        "/v1/schedules",
+        json={
+            "stages": 4,
+            "microbatches": 16,
+            "forward_ms": 10,
+            "backward_ms": 20,
+            "comm_ms": 5,
+            "schedule": "1f1b",
+        },
+    ).json()
+    assert given["results"]["1f1b"]["iteration_s"] == pytest.approx(0.71)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"stages": 0, "microbatches": 4, "forward_ms": 1, "backward_ms": 1}, "stages"),
+        ({"stages": 2, "microbatches": 4, "forward_ms": [1], "backward_ms": 1}, "forward_ms"),
+        (
+            {"stages": 2, "microbatches": 4, "forward_ms": 1, "backward_ms": 1, "schedule": "x"},
+            "schedule",
+        ),
+        (
+            {
+                "stages": 3,
+                "microbatches": 4,
+                "forward_ms": 1,
+                "backward_ms": 1,
+                "boundaries": [SMALL],
+            },
+            "boundaries",
+        ),
+        (
+            {
+                "stages": 2,
+                "microbatches": 4,
+                "forward_ms": 1,
+                "backward_ms": 1,
+                "boundaries": [{"tensors": []}],
+            },
+            "boundaries[0].",
+        ),
+        ({"stages": 2, "microbatches": 4, "forward_ms": 1, "backward_ms": 1, "extra": 1}, "extra"),
+    ],
+)
+def test_bad_schedule_queries_name_the_field(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/v1/schedules", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]["field"].startswith(field)

@@ -1,0 +1,109 @@
+"""Pipeline schedules priced with the plans of their stage boundaries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.deps import PlannerDep, SettingsDep
+from api.planning import Overloaded, SolverCrashed
+from api.routes.plans import accepted_request
+from pipeline.boundaries import reversed_request
+from pipeline.schedules import SCHEDULES, ScheduleError, generate
+from pipeline.simulate import Timing, simulate
+from planner.plan import Plan
+
+router = APIRouter(prefix="/v1", tags=["schedules"])
+JsonBody = Annotated[Any, Body()]
+MAX_STAGES, MAX_MICROBATCHES = 256, 4096
+
+
+class ScheduleQuery(BaseModel):
+    """What `POST /v1/schedules` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+    stages: int = Field(ge=1, le=MAX_STAGES)
+    microbatches: int = Field(ge=1, le=MAX_MICROBATCHES)
+    #: one schedule, or every one when left out
+    schedule: str | None = None
+    #: per stage (one value for all, or a list of `stages` values)
+    forward_ms: float | list[float] = Field(...)
+    backward_ms: float | list[float] = Field(...)
+    #: `stages - 1` plan requests, stage order; or `comm_ms` for a given time
+    boundaries: list[Any] | None = None
+    comm_ms: float | None = Field(default=None, ge=0, le=1e9)
+
+
+def _unprocessable(field: str, message: str) -> HTTPException:
+    return HTTPException(status_code=422, detail={"field": field, "message": message})
+
+
+def _per_stage(name: str, value: float | list[float], stages: int) -> list[float]:
+    values = value if isinstance(value, list) else [value] * stages
+    if len(values) != stages:
+        raise _unprocessable(name, f"expected {stages} values (one per stage), got {len(values)}")
+    if any(not 0 <= v <= 1e9 for v in values):
+        raise _unprocessable(name, "times must be between 0 and 1e9 ms")
+    return [v / 1e3 for v in values]
+
+
+@router.post("/schedules")
+async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
+    """Simulate GPipe, 1F1B and eager-1F1B; boundary transfers take their plans' makespans."""
+    try:
+        query = ScheduleQuery.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise _unprocessable(field, first["msg"]) from None
+    names = list(SCHEDULES) if query.schedule is None else [query.schedule]
+    if query.schedule is not None and query.schedule not in SCHEDULES:
+        raise _unprocessable("schedule", f"expected one of {', '.join(SCHEDULES)}")
+    forward = _per_stage("forward_ms", query.forward_ms, query.stages)
+    backward = _per_stage("backward_ms", query.backward_ms, query.stages)
+    boundaries: list[dict[str, Any]] = []
+    if query.boundaries is not None:
+        if len(query.boundaries) != query.stages - 1:
+            raise _unprocessable(
+                "boundaries", f"expected {query.stages - 1} requests, got {len(query.boundaries)}"
+            )
+        requests = [
+            accepted_request(raw, settings, field_prefix=f"boundaries[{k}].")
+            for k, raw in enumerate(query.boundaries)
+        ]
+        activation, gradient = [], []
+        try:
+            for k, request in enumerate(requests):
+                ahead, _ = await planner.plan(request)
+                back, _ = await planner.plan(reversed_request(request))
+                activation.append(Plan.from_json(ahead).makespan_s)
+                gradient.append(Plan.from_json(back).makespan_s)
+                boundaries.append(
+                    {
+                        "boundary": k,
+                        "activation_s": activation[-1],
+                        "gradient_s": gradient[-1],
+                        "activation_request_id": ahead["request_id"],
+                        "gradient_request_id": back["request_id"],
+                    }
+                )
+        except (Overloaded, SolverCrashed) as err:
+            raise HTTPException(
+                status_code=503,
+                detail={"field": "", "message": str(err)},
+                headers={"Retry-After": "1"},
+            ) from None
+        timing = Timing(forward, backward, activation, gradient)
+    else:
+        comm = (query.comm_ms or 0.0) / 1e3
+        timing = Timing(forward, backward, [comm] * (query.stages - 1), [comm] * (query.stages - 1))
+    try:
+        results = {
+            name: simulate(generate(name, query.stages, query.microbatches), timing).summary()
+            for name in names
+        }
+    except ScheduleError as err:
+        raise _unprocessable("body", str(err)) from None
+    return {"boundaries": boundaries, "results": results}
