@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -66,6 +66,11 @@ def plan_fingerprint(plan: Plan, request_id: str = "", mode: str = "") -> int:
     ]
     digest = hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _use_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def default_device() -> torch.device:
@@ -134,6 +139,7 @@ class Executor:
         self._src_boxes = self._boxes("src")
         self._dst_boxes = self._boxes("dst")
         self._lock = threading.Lock()
+        self._channel: ThreadPoolExecutor | None = None
         self.last_timings: list[StepTiming] = []
 
     def _boxes(self, side: str) -> dict[int, Box]:
@@ -228,25 +234,26 @@ class Executor:
     def run_async(
         self, source_shards: Mapping[str, torch.Tensor]
     ) -> Future[dict[str, torch.Tensor]]:
-        """Start `run` on a background thread and return at once; `.result(timeout)` gives the
-        destination shards (or raises what `run` raised). Compute on this thread overlaps."""
-        future: Future[dict[str, torch.Tensor]] = Future()
-        device = self.device
-
-        def work() -> None:
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            try:
-                future.set_result(self.run(source_shards))
-            except BaseException as err:  # delivered to the caller through the future
-                future.set_exception(err)
-
-        future.set_running_or_notify_cancel()
-        threading.Thread(target=work, name=f"meshcast-executor-{self.rank}", daemon=True).start()
-        return future
+        """Queue a `run` on this executor's background thread and return at once;
+        `.result(timeout)` gives the destination shards (or raises what `run` raised). Queued
+        runs go one after another in call order, like messages on a channel, so a stage can
+        queue the receives of several micro-batches ahead; compute on the caller's thread
+        overlaps them."""
+        if self._channel is None:
+            self._channel = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"meshcast-executor-{self.rank}",
+                initializer=_use_device,
+                initargs=(self.device,),
+            )
+        return self._channel.submit(self.run, source_shards)
 
     def close(self) -> None:
-        """Destroy the executor's process groups (a collective call, like set-up)."""
+        """Wait for queued runs, then destroy the executor's process groups (a collective
+        call, like set-up)."""
+        if self._channel is not None:
+            self._channel.shutdown(wait=True)
+            self._channel = None
         for group in [*self._groups.values(), self._group]:
             dist.destroy_process_group(group)
         self._groups.clear()

@@ -110,11 +110,8 @@ def calibrate_testbed(
     """Bring a testbed up for the request's cluster, measure its links, take it down."""
     latency = request.cluster.latency_us if latency_us is None else latency_us
     spec = spec_for(request, name, nic_gbps, latency)
-    network.up(spec)
-    try:
+    with network.running(spec):
         return _calibration(spec, 1 + max(spec.host_of), timeout_s, repeats=3)
-    finally:
-        network.down(name)
 
 
 def bench(
@@ -138,19 +135,10 @@ def bench(
         f"testbed {name!r} up: {spec.num_hosts} hosts at {spec.host_gbps:g} Gbit/s, "
         f"{latency:g} us, {world_size} ranks"
     )
-    for note in network.up(spec):
-        progress(note)
-    try:
-        job = _job(
-            world_size,
-            timeout_s,
-            repeats,
-            calibrate=True,
-            calibrate_bytes=16 << 20,
-            chunk_bytes=TESTBED_CHUNK_BYTES,
-            request=None,
-        )
-        calibration = run_job(spec, job, timeout_s)[0]["calibration"]
+    with network.running(spec) as notes:
+        for note in notes:
+            progress(note)
+        calibration = _calibration(spec, world_size, timeout_s, repeats)
         progress(f"calibrated: {calibration}")
         model = calibrated(request, calibration)
         problem = build_problem(parse_request(model))
@@ -163,8 +151,6 @@ def bench(
         answers = run_job(
             spec, _job(world_size, timeout_s, repeats, request=model, runs=runs), timeout_s
         )
-    finally:
-        network.down(name)
     results = []
     for k, plan in enumerate(plans):
         report = summarize(problem, plan, [answer["runs"][k] for answer in answers])

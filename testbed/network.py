@@ -22,7 +22,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -203,6 +206,22 @@ def down(name: str) -> list[str]:
         removed.append(namespace)
     (STATE_DIR / f"{name}.json").unlink(missing_ok=True)
     return removed
+
+
+@contextmanager
+def running(spec: TestbedSpec) -> Iterator[list[str]]:
+    """`up` for the duration of a `with` block (yields its notes); `down` afterwards, also on
+    an exception, Ctrl-C or SIGTERM."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield up(spec)
+    finally:
+        down(spec.name)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load(name: str) -> TestbedSpec | None:

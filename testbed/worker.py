@@ -2,11 +2,12 @@
 `python -m testbed.worker JOB.json RANK OUT_DIR`.
 
 Joins the gloo world through rank 0's address, runs the job's plans (each verified, timed
-between barriers) or the calibration, and writes `OUT_DIR/rank<RANK>.json`.
+between barriers), the calibration or a given function, and writes `OUT_DIR/rank<RANK>.json`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -33,6 +34,9 @@ def main(job_path: str, rank: int, out_dir: str) -> None:
     )
     try:
         answer: dict[str, Any] = {}
+        if "function" in job:  # "module:name", called with the job's args on every rank
+            module, name = job["function"].split(":")
+            answer["result"] = getattr(importlib.import_module(module), name)(*job["args"])
         if job.get("calibrate"):
             answer["calibration"] = calibrate(
                 job["calibrate_bytes"], job["repeats"], job["chunk_bytes"]
