@@ -270,7 +270,7 @@ def main() -> None:
     )
     print(table + summary)
     write_results(
-        "pipeline_run",
+        "pipeline_run_testbed" if args.testbed else "pipeline_run",
         table + summary,
         {
             "rows": rows,

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from api.client import MeshcastClient
 from planner.synthetic import shared_like_request
 from tests.api.server import free_port, running_server
-from tests.conftest import load_case
+from tests.conftest import CASES_DIR, load_case
 
 SMALL = load_case("paper-1tom-1x2")
 
@@ -151,3 +152,19 @@ def test_unreachable_redis_is_one_line_exit_2() -> None:
     from api.cli import main
 
     assert main(["serve", "--cache", f"redis://127.0.0.1:{free_port()}/0"]) == 2
+
+
+def test_plan_command_asks_the_server_and_falls_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from api.cli import main
+
+    case = str(CASES_DIR / "paper-1tom-1x2.json")
+    with running_server("--cache", str(tmp_path / "c.sqlite3")) as url:
+        assert main(["plan", case, "--server", url, "-o", str(tmp_path / "p.json")]) == 0
+        assert solved_count(url) == 1
+        assert main(["plan", case, "--server", url]) == 0
+        assert solved_count(url) == 1  # the second came from the cache
+    capsys.readouterr()
+    assert main(["plan", case, "--server", url]) == 0  # the server is gone
+    assert "planning locally" in capsys.readouterr().err
