@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from api.cli_common import UsageError, load_problem, read_json, solve_options
+from api.cli_common import UsageError, chosen_algorithm, load_problem, read_json, solve_options
 from api.cli_run import add_run_parser
 from api.cli_schedule import add_schedule_parsers
 from api.cli_serve import add_serve_parsers
@@ -66,11 +66,7 @@ def _plan_maybe_remote(
 
 def cmd_plan(args: argparse.Namespace) -> int:
     problem = load_problem(args.request)
-    algorithm = args.algorithm or problem.request.options.algorithm
-    try:
-        resolve(algorithm)
-    except RequestError as err:
-        raise UsageError(f"--algorithm: {err.message}") from None
+    algorithm = chosen_algorithm(problem, args)
     options = solve_options(problem, args)
     print(
         f"planning {len(problem.tiles)} tiles with {algorithm} (limit {options.time_limit_s:g} s)",

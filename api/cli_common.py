@@ -9,7 +9,7 @@ from typing import Any
 
 from planner import RequestError, build_problem, parse_request
 from planner.problem import Problem
-from solver import SolveOptions
+from solver import SolveOptions, resolve
 
 
 class UsageError(Exception):
@@ -41,3 +41,13 @@ def solve_options(problem: Problem, args: argparse.Namespace) -> SolveOptions:
         raise UsageError(f"--time-limit: must be in (0, 3600] seconds, got {limit}")
     seed = args.seed if args.seed is not None else defaults.seed
     return SolveOptions(time_limit_s=limit, seed=seed)
+
+
+def chosen_algorithm(problem: Problem, args: argparse.Namespace) -> str:
+    """--algorithm, else the request's own; a name no solver has is a usage error."""
+    algorithm: str = args.algorithm or problem.request.options.algorithm
+    try:
+        resolve(algorithm)
+    except RequestError as err:
+        raise UsageError(f"--algorithm: {err.message}") from None
+    return algorithm

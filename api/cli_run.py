@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.cli_common import UsageError, load_problem, read_json, solve_options
-from planner import PlanFormatError, RequestError, build_problem, parse_request
+from api.cli_common import UsageError, chosen_algorithm, load_problem, read_json, solve_options
+from planner import PlanFormatError, build_problem, parse_request
 from planner.plan import Plan
 from planner.problem import Problem
 from planner.request import Request
 from planner.synthetic import scaled_request
-from solver import make_plan, resolve
+from solver import make_plan
 
 _UNITS = {
     "": 1,
@@ -72,11 +72,7 @@ def _plan(problem: Problem, args: argparse.Namespace) -> Plan:
         if plan.request_id != problem.request.request_id:
             raise UsageError(f"plan {args.plan!r} was made for another request")
         return plan
-    algorithm = args.algorithm or problem.request.options.algorithm
-    try:
-        resolve(algorithm)
-    except RequestError as err:
-        raise UsageError(f"--algorithm: {err.message}") from None
+    algorithm = chosen_algorithm(problem, args)
     options = solve_options(problem, args)
     print(f"planning with {algorithm} (limit {options.time_limit_s:g} s)", file=sys.stderr)
     return make_plan(problem, algorithm, options)

@@ -29,6 +29,16 @@ def host_id() -> str:
     return os.environ.get("MESHCAST_HOST_ID") or socket.gethostname()
 
 
+def world_hosts() -> list[list[int]]:
+    """The world's ranks grouped by host, hosts in order of their first rank (a collective)."""
+    names: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, host_id())
+    hosts: dict[str, list[int]] = {}
+    for rank, name in enumerate(names):
+        hosts.setdefault(str(name), []).append(rank)
+    return list(hosts.values())
+
+
 def _timed_on_rank0(action: Any, repeats: int) -> float:
     """Median seconds of `action` as rank 0 sees it (a barrier before each, none inside)."""
     samples = []
@@ -59,17 +69,13 @@ def calibrate(
     """Every rank gets the same figures: `nic_gbps`, `intra_gbps`, `latency_us` (None where the
     world has no such pair), plus `chain_gbps` and the hosts found."""
     device = default_device()
-    names: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(names, host_id())
-    hosts: dict[str, list[int]] = {}
-    for rank, name in enumerate(names):
-        hosts.setdefault(str(name), []).append(rank)
-    home = hosts[str(names[0])]
-    remote = next((ranks[0] for name, ranks in hosts.items() if name != names[0]), None)
+    hosts = world_hosts()
+    home = hosts[0]  # rank 0's
+    remote = hosts[1][0] if len(hosts) > 1 else None
     neighbour = home[1] if len(home) > 1 else None
     tiny = torch.zeros(1, dtype=torch.uint8, device=device)
     big = torch.zeros(num_bytes, dtype=torch.uint8, device=device)
-    result: dict[str, Any] = {"hosts": list(hosts.values()), "bytes": num_bytes}
+    result: dict[str, Any] = {"hosts": hosts, "bytes": num_bytes}
 
     def gbps(seconds: float, latency_s: float) -> float:
         return num_bytes * 8 / max(seconds - latency_s, 1e-9) / 1e9
@@ -80,7 +86,7 @@ def calibrate(
         result["latency_us"] = latency_s * 1e6
         round_trip = _timed_on_rank0(lambda: _send_and_ack(0, remote, big, tiny), repeats)
         result["nic_gbps"] = gbps(round_trip, 2 * latency_s)
-        entries = [ranks[0] for ranks in hosts.values()]
+        entries = [ranks[0] for ranks in hosts]
         rank = dist.get_rank()
         if rank in entries:
             position = entries.index(rank)

@@ -11,7 +11,6 @@ step plans and sets up once.
 
 from __future__ import annotations
 
-import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 
+from executor.calibrate import world_hosts
 from executor.executor import Executor, Mode
 from executor.packing import TORCH_DTYPES
 from planner.plan import Plan
@@ -59,15 +59,10 @@ def local_cluster(
     intra_gbps: float = 800.0,
     latency_us: float = 10.0,
 ) -> dict[str, Any]:
-    """This world's hosts, found by gathering every rank's hostname (a collective), with the
+    """This world's hosts, found by gathering every rank's host name (a collective), with the
     given link figures (`meshcast calibrate` measures them)."""
-    names: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(names, socket.gethostname())
-    hosts: dict[str, list[int]] = {}
-    for rank, name in enumerate(names):
-        hosts.setdefault(str(name), []).append(rank)
     return {
-        "hosts": list(hosts.values()),
+        "hosts": world_hosts(),
         "nic_gbps": nic_gbps,
         "nics_per_host": nics_per_host,
         "intra_gbps": intra_gbps,

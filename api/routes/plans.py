@@ -23,11 +23,11 @@ JsonBody = Annotated[Any, Body()]
 _REQUEST_ID = re.compile(r"[0-9a-f]{64}")
 
 
-def _unprocessable(field: str, message: str) -> HTTPException:
+def unprocessable(field: str, message: str) -> HTTPException:
     return HTTPException(status_code=422, detail={"field": field, "message": message})
 
 
-def _unavailable(message: str) -> HTTPException:
+def unavailable(message: str) -> HTTPException:
     return HTTPException(
         status_code=503, detail={"field": "", "message": message}, headers={"Retry-After": "1"}
     )
@@ -38,7 +38,7 @@ def accepted_request(body: Any, settings: Settings, field_prefix: str = "") -> R
     try:
         return _within_limits(parse_request(body), settings)
     except RequestError as err:
-        raise _unprocessable(field_prefix + err.field, err.message) from None
+        raise unprocessable(field_prefix + err.field, err.message) from None
 
 
 def _within_limits(request: Request, settings: Settings) -> Request:
@@ -72,7 +72,7 @@ async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody
     try:
         plan, hit = await planner.plan(request)
     except (Overloaded, SolverCrashed) as err:
-        raise _unavailable(str(err)) from None
+        raise unavailable(str(err)) from None
     return JSONResponse(
         {"cached": hit, "plan": plan}, headers={"X-Cache": "hit" if hit else "miss"}
     )
@@ -82,7 +82,7 @@ async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody
 async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
     """A cached plan by the sha256 of its canonical request."""
     if not _REQUEST_ID.fullmatch(request_id):
-        raise _unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
+        raise unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
     plan = cache.get(request_id)
     if plan is None:
         raise HTTPException(
@@ -99,7 +99,7 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) ->
     try:
         rows = await planner.compare(request)
     except SolverCrashed as err:
-        raise _unavailable(str(err)) from None
+        raise unavailable(str(err)) from None
     return {"request_id": request.request_id, "algorithms": rows}
 
 
@@ -107,14 +107,14 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) ->
 async def check(body: JsonBody) -> dict[str, Any]:
     """Validate `{"request": ..., "plan": ...}` and recompute the plan's port-v1 times."""
     if not isinstance(body, dict) or "request" not in body or "plan" not in body:
-        raise _unprocessable("body", "expected an object with 'request' and 'plan'")
+        raise unprocessable("body", "expected an object with 'request' and 'plan'")
     try:
         problem = build_problem(parse_request(body["request"]))
         plan = Plan.from_json(body["plan"])
     except RequestError as err:
-        raise _unprocessable(f"request.{err.field}", err.message) from None
+        raise unprocessable(f"request.{err.field}", err.message) from None
     except PlanFormatError as err:
-        raise _unprocessable(f"plan.{err.field}", err.message) from None
+        raise unprocessable(f"plan.{err.field}", err.message) from None
     sim = check_plan(problem, plan)
     return {
         "valid": sim.valid,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
-from api.routes.plans import accepted_request
+from api.routes.plans import accepted_request, unavailable, unprocessable
 from pipeline.boundaries import reversed_request
 from pipeline.schedules import SCHEDULES, ScheduleError, generate
 from pipeline.simulate import Timing, simulate
@@ -36,16 +36,12 @@ class ScheduleQuery(BaseModel):
     comm_ms: float | None = Field(default=None, ge=0, le=1e9)
 
 
-def _unprocessable(field: str, message: str) -> HTTPException:
-    return HTTPException(status_code=422, detail={"field": field, "message": message})
-
-
 def _per_stage(name: str, value: float | list[float], stages: int) -> list[float]:
     values = value if isinstance(value, list) else [value] * stages
     if len(values) != stages:
-        raise _unprocessable(name, f"expected {stages} values (one per stage), got {len(values)}")
+        raise unprocessable(name, f"expected {stages} values (one per stage), got {len(values)}")
     if any(not 0 <= v <= 1e9 for v in values):
-        raise _unprocessable(name, "times must be between 0 and 1e9 ms")
+        raise unprocessable(name, "times must be between 0 and 1e9 ms")
     return [v / 1e3 for v in values]
 
 
@@ -57,16 +53,16 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise _unprocessable(field, first["msg"]) from None
+        raise unprocessable(field, first["msg"]) from None
     names = list(SCHEDULES) if query.schedule is None else [query.schedule]
     if query.schedule is not None and query.schedule not in SCHEDULES:
-        raise _unprocessable("schedule", f"expected one of {', '.join(SCHEDULES)}")
+        raise unprocessable("schedule", f"expected one of {', '.join(SCHEDULES)}")
     forward = _per_stage("forward_ms", query.forward_ms, query.stages)
     backward = _per_stage("backward_ms", query.backward_ms, query.stages)
     boundaries: list[dict[str, Any]] = []
     if query.boundaries is not None:
         if len(query.boundaries) != query.stages - 1:
-            raise _unprocessable(
+            raise unprocessable(
                 "boundaries", f"expected {query.stages - 1} requests, got {len(query.boundaries)}"
             )
         requests = [
@@ -90,11 +86,7 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
                     }
                 )
         except (Overloaded, SolverCrashed) as err:
-            raise HTTPException(
-                status_code=503,
-                detail={"field": "", "message": str(err)},
-                headers={"Retry-After": "1"},
-            ) from None
+            raise unavailable(str(err)) from None
         timing = Timing(forward, backward, activation, gradient)
     else:
         comm = (query.comm_ms or 0.0) / 1e3
@@ -105,5 +97,5 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
             for name in names
         }
     except ScheduleError as err:
-        raise _unprocessable("body", str(err)) from None
+        raise unprocessable("body", str(err)) from None
     return {"boundaries": boundaries, "results": results}
