@@ -27,19 +27,19 @@ def free_port() -> int:
 def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Yield the base URL of a `meshcast serve` process; stop it gracefully afterwards."""
     port = free_port()
+    command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--log-level"]
+    with running_process([*command, "warning", *args], port, cwd=ROOT, env=env) as url:
+        yield url
+
+
+@contextmanager
+def running_process(
+    command: list[str], port: int, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start a service command that listens on `port`, wait for /healthz, SIGTERM it after."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "api.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        cwd=ROOT,
+        command,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
