@@ -11,7 +11,7 @@ from typing import Any
 from api.cli_common import UsageError, load_problem
 from pipeline.boundaries import boundary_timing
 from pipeline.render import write_gantt, write_trace
-from pipeline.schedules import SCHEDULES, ScheduleError, generate
+from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
 from solver import plan_request
 
@@ -22,6 +22,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if not 0 <= value < 1e9:
             raise UsageError(f"--{flag.replace('_', '-')}: expected a time >= 0, got {value}")
     n = args.stages
+    try:
+        check_size(n, args.microbatches)
+    except ScheduleError as err:
+        raise UsageError(f"--{err}") from None
     if args.boundary:
         if len(args.boundary) != n - 1:
             raise UsageError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -28,11 +29,25 @@ def _problem(args: argparse.Namespace) -> Problem:
         raise UsageError(f"--max-bytes: {err}") from None
 
 
+def _testbed_name(value: str) -> str:
+    from testbed.network import TestbedError, check_name
+
+    try:
+        return check_name(value)
+    except TestbedError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _checked(args: argparse.Namespace) -> None:
     from testbed.network import TestbedError, check_available
 
-    if args.nic_gbps <= 0 or args.nic_gbps > 100:
+    if not 0 < args.nic_gbps <= 100:
         raise UsageError(f"--nic-gbps: expected (0, 100], got {args.nic_gbps}")
+    if args.latency_us is not None and not 0 <= args.latency_us <= 1e6:
+        raise UsageError(f"--latency-us: expected [0, 1000000], got {args.latency_us}")
+    time_limit = getattr(args, "time_limit", 1.0)
+    if not (math.isfinite(time_limit) and time_limit > 0):
+        raise UsageError(f"--time-limit: expected seconds > 0, got {time_limit}")
     try:
         check_available()
     except TestbedError as err:
@@ -47,7 +62,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     problem = _problem(args)
     latency = problem.request.cluster.latency_us if args.latency_us is None else args.latency_us
     spec = spec_for(problem.request, args.name, args.nic_gbps, latency)
-    for note in network.up(spec):
+    try:
+        notes = network.up(spec)
+    except network.TestbedError as err:
+        print(f"meshcast: testbed failed: {err}", file=sys.stderr)
+        return 1
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(network.status(args.name))
     return 0
@@ -176,7 +196,12 @@ def add_testbed_parsers(sub: Any) -> None:
             )
             p.add_argument("--latency-us", type=float, help="one-way delay (default: request's)")
             p.add_argument("--max-bytes", type=parse_size, help="scale the tensors down first")
-        p.add_argument("--name", default="tb", help="testbed name (namespaces meshcast-NAME-*)")
+        p.add_argument(
+            "--name",
+            type=_testbed_name,
+            default="tb",
+            help="testbed name (namespaces meshcast-NAME-*)",
+        )
 
     up = actions.add_parser("up", help="create the namespaces, links and limits")
     common(up)

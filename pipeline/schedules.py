@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULES = ("gpipe", "1f1b", "eager-1f1b")
+#: the largest pipeline simulated: stages x micro-batches (about 1 s per schedule)
+MAX_STAGE_MICROBATCHES = 65_536
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,22 @@ def stage_ops(schedule: str, num_stages: int, stage: int, num_microbatches: int)
     return ops
 
 
-def generate(schedule: str, num_stages: int, num_microbatches: int) -> list[list[Op]]:
-    """Every stage's op list; checked with `validate`."""
+def check_size(num_stages: int, num_microbatches: int) -> None:
+    """`ScheduleError` naming the field when the pipeline is empty or too large to simulate."""
     if num_stages < 1:
         raise ScheduleError(f"stages: must be at least 1, got {num_stages}")
     if num_microbatches < 1:
         raise ScheduleError(f"microbatches: must be at least 1, got {num_microbatches}")
+    if num_stages * num_microbatches > MAX_STAGE_MICROBATCHES:
+        raise ScheduleError(
+            f"microbatches: {num_stages} stages x {num_microbatches} micro-batches is over "
+            f"{MAX_STAGE_MICROBATCHES:,} stage micro-batches"
+        )
+
+
+def generate(schedule: str, num_stages: int, num_microbatches: int) -> list[list[Op]]:
+    """Every stage's op list; checked with `validate`."""
+    check_size(num_stages, num_microbatches)
     ops = [stage_ops(schedule, num_stages, s, num_microbatches) for s in range(num_stages)]
     validate(ops, num_microbatches)
     return ops

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,10 +32,21 @@ from pathlib import Path
 
 PREFIX = "meshcast-"
 STATE_DIR = Path("/run/meshcast-testbed")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 
 class TestbedError(RuntimeError):
     """The testbed cannot be built or used here; the message says why."""
+
+
+def check_name(name: str) -> str:
+    """`name` when it can name a testbed's namespaces and state file, else `TestbedError`."""
+    if not NAME.fullmatch(name):
+        raise TestbedError(
+            f"testbed name {name!r}: expected 1-32 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class TestbedSpec:
     latency_us: float
     #: rank -> host index
     host_of: dict[int, int]
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
 
     def namespace(self, host: int) -> str:
         return f"{PREFIX}{self.name}-h{host}"
@@ -90,9 +105,9 @@ def check_available() -> None:
 
 def namespaces(name: str) -> list[str]:
     """The namespaces of testbed `name` that exist now."""
-    listing = _run("ip", "netns", "list")
-    mine = f"{PREFIX}{name}-"
-    return sorted(line.split()[0] for line in listing.splitlines() if line.startswith(mine))
+    mine = re.compile(rf"{PREFIX}{re.escape(check_name(name))}-(sw|h\d+)")
+    listing = [line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line]
+    return sorted(namespace for namespace in listing if mine.fullmatch(namespace))
 
 
 def _shape(namespace: str, device: str, gbps: float, latency_us: float) -> bool:
@@ -226,7 +241,7 @@ def running(spec: TestbedSpec) -> Iterator[list[str]]:
 
 def load(name: str) -> TestbedSpec | None:
     """The spec of a testbed that is up, or None."""
-    path = STATE_DIR / f"{name}.json"
+    path = STATE_DIR / f"{check_name(name)}.json"
     if not path.exists() or not namespaces(name):
         return None
     data = json.loads(path.read_text())

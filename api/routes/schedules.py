@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
@@ -11,7 +12,7 @@ from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
 from api.routes.plans import accepted_request, unavailable, unprocessable
 from pipeline.boundaries import reversed_request
-from pipeline.schedules import SCHEDULES, ScheduleError, generate
+from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
 from planner.plan import Plan
 
@@ -54,6 +55,10 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise unprocessable(field, first["msg"]) from None
+    try:
+        check_size(query.stages, query.microbatches)  # each is in range: their product is not
+    except ScheduleError as err:
+        raise unprocessable("microbatches", str(err)) from None
     names = list(SCHEDULES) if query.schedule is None else [query.schedule]
     if query.schedule is not None and query.schedule not in SCHEDULES:
         raise unprocessable("schedule", f"expected one of {', '.join(SCHEDULES)}")
@@ -91,11 +96,15 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
     else:
         comm = (query.comm_ms or 0.0) / 1e3
         timing = Timing(forward, backward, [comm] * (query.stages - 1), [comm] * (query.stages - 1))
-    try:
-        results = {
+
+    def simulated() -> dict[str, Any]:
+        return {
             name: simulate(generate(name, query.stages, query.microbatches), timing).summary()
             for name in names
         }
+
+    try:
+        results = await asyncio.to_thread(simulated)  # seconds for the largest: off the loop
     except ScheduleError as err:
         raise unprocessable("body", str(err)) from None
     return {"boundaries": boundaries, "results": results}

@@ -208,6 +208,10 @@ def test_tensor_and_device_caps(tmp_path: Path) -> None:
         assert response.status_code == 422 and response.json()["detail"]["field"] == "tensors"
         response = client.post("/v1/plans", json=CASE)  # 20 devices
         assert response.status_code == 422 and response.json()["detail"]["field"] == "cluster.hosts"
+        plan = {"format": "meshcast.plan/v1", "transfers": []}
+        response = client.post("/v1/check", json={"request": CASE, "plan": plan})
+        assert response.status_code == 422
+        assert response.json()["detail"]["field"] == "request.cluster.hosts"
 
 
 def test_cache_survives_restart(tmp_path: Path) -> None:
@@ -314,6 +318,8 @@ def test_schedules_priced_by_boundary_plans(client: TestClient) -> None:
             "boundaries[0].",
         ),
         ({"stages": 2, "microbatches": 4, "forward_ms": 1, "backward_ms": 1, "extra": 1}, "extra"),
+        ({"stages": 2, "microbatches": 4097, "forward_ms": 1, "backward_ms": 1}, "microbatches"),
+        ({"stages": 256, "microbatches": 4096, "forward_ms": 1, "backward_ms": 1}, "microbatches"),
     ],
 )
 def test_bad_schedule_queries_name_the_field(

@@ -94,6 +94,18 @@ def test_bad_timing_and_sizes() -> None:
         generate("1f1b", 4, 0)
     with pytest.raises(ScheduleError, match="schedule: expected one of"):
         generate("zero-bubble", 4, 4)
+    assert len(generate("gpipe", 16, 4096)) == 16  # the largest size simulated
+    with pytest.raises(ScheduleError, match="16 stages x 4097 micro-batches is over 65,536"):
+        generate("gpipe", 16, 4097)
+
+
+def test_cli_refuses_a_pipeline_too_large_before_planning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sizes = ["schedule", "simulate", "--stages", "4", "--microbatches", "100000000"]
+    times = ["--forward-ms", "1", "--backward-ms", "1", "--boundary", "never-read.json"]
+    assert main([*sizes, *times, "--boundary", "b.json", "--boundary", "c.json"]) == 2
+    assert "--microbatches: 4 stages x 100000000 micro-batches" in capsys.readouterr().err
 
 
 def test_boundaries_are_priced_by_their_plans() -> None:

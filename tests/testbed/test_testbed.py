@@ -4,14 +4,17 @@ this machine allows them (root, iproute2, network namespaces), skipped with the 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.cli import main
 from planner import parse_request
 from testbed import network
 from testbed.bench import bench, calibrated, spec_for
@@ -56,6 +59,38 @@ def test_spec_and_calibrated_request() -> None:
     assert network.host_address(0) == "10.213.0.1" and network.host_address(251) == "10.213.1.2"
 
 
+@pytest.mark.parametrize("name", ["", "a/b", "../x", "-x", "a b", "x" * 33])
+def test_bad_testbed_names_are_refused(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(network.TestbedError, match="testbed name"):
+        network.check_name(name)
+    with pytest.raises(network.TestbedError, match="testbed name"):
+        spec_for(parse_request(ONE_TO_FOUR), name, nic_gbps=0.5, latency_us=0)
+    with pytest.raises(SystemExit) as exit_:
+        main(["testbed", "down", f"--name={name}"])
+    assert exit_.value.code == 2
+    assert f"argument --name: testbed name {name!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--nic-gbps", "0"),
+        ("--nic-gbps", "nan"),
+        ("--latency-us", "-5"),
+        ("--latency-us", "nan"),
+        ("--time-limit", "-1"),
+        ("--time-limit", "inf"),
+    ],
+)
+def test_bad_testbed_figures_are_refused(
+    option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(ONE_TO_FOUR))
+    assert main(["testbed", "bench", str(request), option, value, "--name", "pytestbad"]) == 2
+    assert f"meshcast: error: {option}: expected" in capsys.readouterr().err
+
+
 def _testbed_or_skip() -> None:
     try:
         network.check_available()
@@ -96,7 +131,12 @@ def test_up_status_down_are_idempotent() -> None:
         )
         server.wait(timeout=30)
         assert client.stdout.strip() == "across", client.stderr
+        # a testbed whose name starts with this one's is a different testbed
+        network.up(spec_for(parse_request(ONE_TO_FOUR), "pytest-b", nic_gbps=0.5, latency_us=0))
+        assert len(network.namespaces("pytest")) == 4
+        assert len(network.down("pytest-b")) == 4
     finally:
+        network.down("pytest-b")
         assert len(network.down("pytest")) == 4
     assert network.down("pytest") == []
     assert network.status("pytest") == "testbed 'pytest' is down"
