@@ -80,6 +80,7 @@ class Planner:
         self.num_processes, self.max_pending = num_processes, max_pending
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._closed = False
         self._pool = self._new_pool()
 
     def _new_pool(self) -> Executor:
@@ -99,10 +100,13 @@ class Planner:
         return len(self._inflight)
 
     async def _in_pool(self, fn: Any, *args: Any) -> Any:
+        pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
-            self._pool = self._new_pool()
+            if self._pool is pool and not self._closed:  # the first to see it replaces it
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
             raise SolverCrashed("a solver process died; the pool was restarted") from None
 
     async def plan(self, request: Request) -> tuple[dict[str, Any], bool]:
@@ -158,4 +162,11 @@ class Planner:
         return rows
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop solving: queued solves are cancelled and a solve still running is abandoned
+        (the server has already waited for the requests in flight), then the solver processes
+        and their queues are released."""
+        self._closed = True
+        workers = list((getattr(self._pool, "_processes", None) or {}).values())
+        for process in workers:  # ProcessPoolExecutor has no public way to stop a busy worker
+            process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -45,6 +45,7 @@ def running_process(
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
+    children: set[int] = set()
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -58,11 +59,51 @@ def running_process(
                 raise RuntimeError(f"meshcast serve did not start: {stderr[-2000:]}")
             time.sleep(0.2)
         yield url
+        children = descendants(process.pid)  # solver processes, uvicorn workers, trackers
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            _, stderr_bytes = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
-            raise RuntimeError("meshcast serve did not stop within 30 s of SIGTERM") from None
+            for pid in descendants(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.communicate()
+            raise RuntimeError(
+                "meshcast serve did not stop within 30 s of SIGTERM, or a process it started "
+                "still holds its stderr"
+            ) from None
+    # a clean stop: no process left behind, no traceback on the way out
+    stderr = stderr_bytes.decode()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down
+    assert process.returncode in (0, -signal.SIGTERM), stderr[-2000:]
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while (alive := {pid for pid in children if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes started by meshcast serve outlived it: {sorted(alive)}"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    parent_of: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
