@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -55,6 +58,20 @@ def _serve(rank: int, num_ranks: int, port: int, timeout_s: float, inbox: Any, o
         dist.destroy_process_group()
 
 
+@contextmanager
+def _ctrl_c_left_to_parent() -> Iterator[None]:
+    """Start processes with SIGINT ignored (they inherit it, also while importing torch): on
+    Ctrl-C only the parent gets KeyboardInterrupt, and it stops the ranks itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalWorld:
     """`num_ranks` local processes forming one gloo world; ranks are 0 .. num_ranks - 1."""
 
@@ -82,12 +99,13 @@ class LocalWorld:
             )
             for r in range(num_ranks)
         ]
-        for process in self._processes:
-            process.start()
+        with _ctrl_c_left_to_parent():
+            for process in self._processes:
+                process.start()
         try:
             self._collect("starting the world")
         except BaseException:
-            self.close()
+            self.close(force=True)
             raise
 
     def _collect(self, what: str) -> list[Any]:
@@ -129,19 +147,28 @@ class LocalWorld:
             inbox.put((fn, per_rank[rank] if per_rank is not None else args))
         return self._collect(f"running {fn.__name__}")
 
-    def close(self) -> None:
-        """Stop every process (politely, then by force)."""
-        for inbox, process in zip(self._inboxes, self._processes, strict=True):
-            if process.is_alive():
-                inbox.put(None)
+    def close(self, *, force: bool = False) -> None:
+        """Stop every process: politely (each rank leaves the world; killed if it has not
+        within 10 s), or at once with `force`, after a failure or Ctrl-C, when ranks may be
+        stuck in a collective."""
+        if not force:
+            for inbox, process in zip(self._inboxes, self._processes, strict=True):
+                if process.is_alive():
+                    inbox.put(None)
+            deadline = time.monotonic() + 10
+            for process in self._processes:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
         for process in self._processes:
-            process.join(timeout=10)
             if process.is_alive():
                 process.kill()
-                process.join()
+        for process in self._processes:
+            process.join()
+        for channel in [self._outbox, *self._inboxes]:
+            channel.cancel_join_thread()  # nobody reads them any more
+            channel.close()
 
     def __enter__(self) -> LocalWorld:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(force=exc_type is not None)

@@ -79,9 +79,9 @@ def running_process(
     assert process.returncode in (0, -signal.SIGTERM), stderr[-2000:]
     assert "Traceback" not in stderr and "leaked" not in stderr, stderr[-2000:]
     deadline = time.monotonic() + 10
-    while (alive := {pid for pid in children if _alive(pid)}) and time.monotonic() < deadline:
+    while (survivors := {pid for pid in children if alive(pid)}) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive, f"processes started by meshcast serve outlived it: {sorted(alive)}"
+    assert not survivors, f"processes started by meshcast serve outlived it: {sorted(survivors)}"
 
 
 def descendants(pid: int) -> set[int]:
@@ -101,7 +101,7 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

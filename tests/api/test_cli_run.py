@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from api.cli import main
 from api.cli_run import parse_size
+from tests.api.server import ROOT, alive, descendants
 from tests.conftest import CASES_DIR
 
 pytest.importorskip("torch")
@@ -126,3 +132,30 @@ def test_parse_size() -> None:
     assert parse_size("1GB") == 10**9
     assert parse_size("4096") == 4096
     assert parse_size("0.5KiB") == 512
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("after_s", [0.5, 8.0])  # ranks starting (importing torch); running
+def test_ctrl_c_stops_every_rank_quietly(after_s: float) -> None:
+    command = [sys.executable, "-m", "api.cli", "run", CASE, "--max-bytes", "64MiB"]
+    process = subprocess.Popen(
+        [*command, "--repeats", "10000", "--time-limit", "0.5"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    assert process.stderr is not None
+    lines = [process.stderr.readline(), process.stderr.readline()]
+    assert "local ranks" in lines[-1], lines
+    time.sleep(after_s)
+    ranks = descendants(process.pid)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+    rest = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, rest
+    assert rest.strip().splitlines()[-1] == "meshcast: interrupted"
+    assert "Traceback" not in rest and "leaked" not in rest, rest
+    deadline = time.monotonic() + 10
+    while {pid for pid in ranks if alive(pid)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not {pid for pid in ranks if alive(pid)}, "ranks outlived meshcast run"
