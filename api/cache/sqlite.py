@@ -39,12 +39,19 @@ class SqliteCache:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CacheError(f"cache: cannot create {path.parent}: {err.strerror}") from None
+        if path.exists() and not path.is_file():
+            raise CacheError(f"cache: {path} is not a file")
         self._lock = threading.Lock()
         try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as err:
-            self.set_aside = self._set_aside(err)
-            self._db = self._open()
+            try:
+                self._db = self._open()
+            except sqlite3.OperationalError:
+                raise  # cannot open, locked, disk full: the file itself may be fine
+            except sqlite3.DatabaseError as err:  # not a database, or fails its check
+                self.set_aside = self._set_aside(err)
+                self._db = self._open()
+        except sqlite3.OperationalError as err:
+            raise CacheError(f"cache: cannot use {path}: {err}") from None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from api.cache import PlanCache, open_cache
+from api.cache import CacheError, PlanCache, open_cache
+from api.cli import main
 
 PLAN = {
     "format": "meshcast.plan/v1",
@@ -48,3 +50,20 @@ def test_one_claim_at_a_time_until_released_or_expired(cache: PlanCache) -> None
 
     time.sleep(0.1)
     assert cache.claim("x", "three", ttl_s=30)  # the expired claim no longer counts
+
+
+def test_a_path_that_cannot_hold_a_cache_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "plans"
+    (folder / "kept.txt").parent.mkdir()
+    (folder / "kept.txt").write_text("mine")
+    with pytest.raises(CacheError, match=re.escape(f"cache: {folder} is not a file")):
+        open_cache(str(folder))
+    assert (folder / "kept.txt").read_text() == "mine"  # not set aside as a corrupt cache
+    assert list(tmp_path.iterdir()) == [folder]
+    unopenable = "/proc/meshcast.sqlite3"
+    with pytest.raises(CacheError, match=re.escape(f"cannot use {unopenable}: unable to open")):
+        open_cache(unopenable)
+    assert main(["serve", "--cache", str(folder), "--port", "8799"]) == 2
+    assert f"meshcast: error: cache: {folder} is not a file" in capsys.readouterr().err
