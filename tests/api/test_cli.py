@@ -100,9 +100,10 @@ def test_invalid_request_and_non_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "is not JSON" in capsys.readouterr().err
 
 
-def test_unwritable_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", CASE6, "-o", "/nonexistent/dir/plan.json"]) == 2
-    assert "cannot write '/nonexistent/dir/plan.json'" in capsys.readouterr().err
+def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing" / "plan.json"
+    assert main(["plan", CASE6, "-o", str(target)]) == 2
+    assert f"cannot write '{target}'" in capsys.readouterr().err
 
 
 def test_console_script_runs() -> None:
