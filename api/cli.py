@@ -54,7 +54,11 @@ def _plan_maybe_remote(
         "time_limit_s": options.time_limit_s,
         "seed": options.seed,
     }
-    with MeshcastClient(server, retries=2) as client:
+    try:
+        client = MeshcastClient(server, retries=2)
+    except ValueError as err:
+        raise UsageError(f"--server: {err}") from None
+    with client:
         try:
             return client.plan(request)
         except ServiceError as err:

@@ -41,8 +41,11 @@ class MeshcastClient:
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"expected an http:// or https:// URL, got {base_url!r}")
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(base_url=url, timeout=timeout_s, transport=transport)
 
     def _send(self, method: str, path: str, body: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):

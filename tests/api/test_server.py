@@ -168,3 +168,7 @@ def test_plan_command_asks_the_server_and_falls_back(
     capsys.readouterr()
     assert main(["plan", case, "--server", url]) == 0  # the server is gone
     assert "planning locally" in capsys.readouterr().err
+    for not_a_service in ("localhost:8000", "ftp://localhost", "http://"):
+        assert main(["plan", case, "--server", not_a_service]) == 2
+        expected = f"--server: expected an http:// or https:// URL, got {not_a_service!r}"
+        assert expected in capsys.readouterr().err
