@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Annotated, Any
 
@@ -34,10 +35,21 @@ def unavailable(message: str) -> HTTPException:
     )
 
 
+def json_value(body: Any) -> Any:
+    """The body as JSON, also when it came without `Content-Type: application/json` (as
+    `curl -d @request.json` sends it), when FastAPI hands it over as bytes."""
+    if not isinstance(body, bytes):
+        return body
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise unprocessable("body", f"expected a JSON document: {err}") from None
+
+
 def accepted_request(body: Any, settings: Settings, field_prefix: str = "") -> Request:
     """Parse and check a request against the schema and this service's limits."""
     try:
-        return _within_limits(parse_request(body), settings)
+        return _within_limits(parse_request(json_value(body)), settings)
     except RequestError as err:
         raise unprocessable(field_prefix + err.field, err.message) from None
 
@@ -107,6 +119,7 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) ->
 @router.post("/check")
 async def check(settings: SettingsDep, body: JsonBody) -> dict[str, Any]:
     """Validate `{"request": ..., "plan": ...}` and recompute the plan's port-v1 times."""
+    body = json_value(body)
     if not isinstance(body, dict) or "request" not in body or "plan" not in body:
         raise unprocessable("body", "expected an object with 'request' and 'plan'")
     request = accepted_request(body["request"], settings, field_prefix="request.")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
-from api.routes.plans import accepted_request, unavailable, unprocessable
+from api.routes.plans import accepted_request, json_value, unavailable, unprocessable
 from pipeline.boundaries import reversed_request
 from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
@@ -50,7 +50,7 @@ def _per_stage(name: str, value: float | list[float], stages: int) -> list[float
 async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Simulate GPipe, 1F1B and eager-1F1B; boundary transfers take their plans' makespans."""
     try:
-        query = ScheduleQuery.model_validate(body)
+        query = ScheduleQuery.model_validate(json_value(body))
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"

@@ -74,6 +74,18 @@ def test_compare_summarises_every_algorithm(client: TestClient) -> None:
     assert all(row["ratio"] >= 1 - 1e-9 for row in body["algorithms"])
 
 
+def test_json_sent_without_its_content_type_is_accepted(client: TestClient) -> None:
+    as_json = client.post("/v1/plans", json=SMALL)
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        raw = client.post(
+            "/v1/plans", content=json.dumps(SMALL).encode(), headers={"content-type": content_type}
+        )
+        assert raw.status_code == 200 and raw.json()["plan"] == as_json.json()["plan"]
+    body = {"stages": 2, "microbatches": 4, "forward_ms": 1, "backward_ms": 2, "comm_ms": 1}
+    schedule = client.post("/v1/schedules", content=json.dumps(body).encode())
+    assert schedule.status_code == 200, schedule.text
+
+
 def test_check_route(client: TestClient) -> None:
     plan = client.post("/v1/plans", json=CASE).json()["plan"]
     verdict = client.post("/v1/check", json={"request": CASE, "plan": plan}).json()
@@ -156,6 +168,9 @@ def test_bad_requests_name_the_field(
             422,
             "body",
         ),
+        # not JSON, sent without a JSON content type (curl -d)
+        (lambda c: c.post("/v1/plans", content=b"nope"), 422, "body"),
+        (lambda c: c.post("/v1/schedules", content=b"\xff\xfe"), 422, "body"),
         # JSON that is not an object
         (lambda c: c.post("/v1/plans", json=[1, 2]), 422, "request"),
         # an empty object
