@@ -45,9 +45,6 @@ def _checked(args: argparse.Namespace) -> None:
         raise UsageError(f"--nic-gbps: expected (0, 100], got {args.nic_gbps}")
     if args.latency_us is not None and not 0 <= args.latency_us <= 1e6:
         raise UsageError(f"--latency-us: expected [0, 1000000], got {args.latency_us}")
-    time_limit = getattr(args, "time_limit", 1.0)
-    if not (math.isfinite(time_limit) and time_limit > 0):
-        raise UsageError(f"--time-limit: expected seconds > 0, got {time_limit}")
     try:
         check_available()
     except TestbedError as err:
@@ -94,6 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.bench import bench
     from testbed.network import TestbedError
 
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise UsageError(f"--time-limit: expected seconds > 0, got {args.time_limit}")
     _checked(args)
     problem = _problem(args)
     algorithms = args.algorithms.split(",")

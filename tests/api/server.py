@@ -78,10 +78,8 @@ def running_process(
     # uvicorn re-raises the SIGTERM it handled once it has shut down
     assert process.returncode in (0, -signal.SIGTERM), stderr[-2000:]
     assert "Traceback" not in stderr and "leaked" not in stderr, stderr[-2000:]
-    deadline = time.monotonic() + 10
-    while (survivors := {pid for pid in children if alive(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not survivors, f"processes started by meshcast serve outlived it: {sorted(survivors)}"
+    left = survivors(children)
+    assert not left, f"processes started by meshcast serve outlived it: {sorted(left)}"
 
 
 def descendants(pid: int) -> set[int]:
@@ -101,7 +99,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
+def survivors(pids: set[int], within_s: float = 10.0) -> set[int]:
+    """Those of `pids` still alive after waiting up to `within_s` for them to end."""
+    deadline = time.monotonic() + within_s
+    while (left := {pid for pid in pids if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

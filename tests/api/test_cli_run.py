@@ -14,7 +14,7 @@ import pytest
 
 from api.cli import main
 from api.cli_run import parse_size
-from tests.api.server import ROOT, alive, descendants
+from tests.api.server import ROOT, descendants, survivors
 from tests.conftest import CASES_DIR
 
 pytest.importorskip("torch")
@@ -155,7 +155,4 @@ def test_ctrl_c_stops_every_rank_quietly(after_s: float) -> None:
     assert process.returncode == 130, rest
     assert rest.strip().splitlines()[-1] == "meshcast: interrupted"
     assert "Traceback" not in rest and "leaked" not in rest, rest
-    deadline = time.monotonic() + 10
-    while {pid for pid in ranks if alive(pid)} and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not {pid for pid in ranks if alive(pid)}, "ranks outlived meshcast run"
+    assert not survivors(ranks), "ranks outlived meshcast run"

@@ -23,9 +23,8 @@ import httpx
 import pytest
 
 from tests.api.server import free_port, running_process
-from tests.conftest import load_case
+from tests.conftest import ROOT, load_case
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 NO_TORCH = 'raise ImportError("torch is not installed in the meshcast service image")\n'
 
