@@ -89,6 +89,23 @@ def _transfer_table(report: Any) -> list[str]:
     return lines
 
 
+def _mib(num_bytes: int | None) -> str:
+    return "-" if num_bytes is None else f"{num_bytes / 2**20:.1f}"
+
+
+def _memory_table(memory: list[dict[str, Any]]) -> list[str]:
+    header = (
+        f"{'rank':>5} {'peak growth MiB':>16} {'dst MiB':>9} {'staging MiB':>12} {'relay MiB':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    for m in memory:
+        lines.append(
+            f"{m['rank']:>5} {_mib(m['peak_growth_bytes']):>16} {_mib(m['destination_bytes']):>9} "
+            f"{_mib(m['staging_bytes']):>12} {_mib(m['peak_relay_bytes']):>10}"
+        )
+    return lines
+
+
 def _tensor_bytes(request: Request) -> int:
     return sum(math.prod(t.shape) * t.itemsize_bytes for t in request.tensors)
 
@@ -125,7 +142,8 @@ def _fitting_problem(args: argparse.Namespace, estimate: Callable[[Request], int
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        from executor.local_run import estimate_memory_bytes, run_plan_locally
+        from executor.executor import MIN_STAGING_BYTES
+        from executor.local_run import RunSettings, estimate_memory_bytes, run_plan_locally
         from executor.local_world import RankFailure
     except ImportError as err:
         raise UsageError(
@@ -140,6 +158,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.repeats < 1:
         raise UsageError(f"--repeats: must be at least 1, got {args.repeats}")
+    if args.staging < MIN_STAGING_BYTES:
+        raise UsageError(
+            f"--staging: must be at least {MIN_STAGING_BYTES} bytes, got {args.staging}"
+        )
     if args.timeout <= 0:
         raise UsageError(f"--timeout: must be positive, got {args.timeout}")
     plan = _plan(problem, args)
@@ -155,9 +177,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        report = run_plan_locally(
-            problem.request, plan, mode=args.mode, repeats=args.repeats, timeout_s=args.timeout
+        settings = RunSettings(
+            mode=args.mode,
+            repeats=args.repeats,
+            timeout_s=args.timeout,
+            staging_bytes=args.staging,
+            use_out=args.out,
+            strided=args.strided,
         )
+        report = run_plan_locally(problem.request, plan, settings)
     except RankFailure as err:
         print(f"meshcast: run failed: {err}", file=sys.stderr)
         if args.json:
@@ -165,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if not args.json or args.verbose:
         print("\n".join(_transfer_table(report)))
+        print("\n".join(_memory_table(report.memory)))
     runs = ", ".join(f"{s * 1e3:.2f}" for s in report.runs_s)
     print(
         f"wall {report.wall_s * 1e3:.2f} ms (median of runs: {runs} ms); "
@@ -199,6 +228,22 @@ def add_run_parser(sub: Any, solver_flags: Callable[[argparse.ArgumentParser], N
         help="scale the tensors down to this total first (e.g. 64MiB)",
     )
     run.add_argument("--max-ranks", type=int, default=64, help="refuse larger worlds")
+    run.add_argument(
+        "--staging",
+        type=parse_size,
+        default=64 << 20,
+        help="staging budget per rank (default 64MiB): chunks move through slots of it",
+    )
+    run.add_argument(
+        "--out",
+        action="store_true",
+        help="land the bytes in caller-owned destination tensors (run(out=...))",
+    )
+    run.add_argument(
+        "--strided",
+        action="store_true",
+        help="source shards and out tensors as strided (non-contiguous) views",
+    )
     run.add_argument("--json", action="store_true", help="last line: one JSON summary")
     run.add_argument("--verbose", "-v", action="store_true", help="per-transfer table with --json")
     run.set_defaults(func=cmd_run)

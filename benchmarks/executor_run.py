@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.cli_run import parse_size
 from benchmarks.common import SHARED, geomean, markdown_table, write_results
-from executor.local_run import run_plan
+from executor.local_run import RunSettings, run_plan
 from executor.local_world import LocalWorld
 from planner import build_problem, parse_request
 from planner.synthetic import scaled_request
@@ -61,7 +61,9 @@ def main() -> None:
             walls = {}
             for algorithm, mode in PLANS:
                 started = time.perf_counter()
-                report = run_plan(world, parsed, plans[algorithm], mode=mode, repeats=args.repeats)  # type: ignore[arg-type]
+                report = run_plan(
+                    world, parsed, plans[algorithm], RunSettings(mode=mode, repeats=args.repeats)
+                )
                 walls[(algorithm, mode)] = report.wall_s
                 data.append(
                     {

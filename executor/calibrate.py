@@ -94,12 +94,15 @@ def calibrate(
             children = entries[position + 1 : position + 2]
         group = dist.group.WORLD
         assert group is not None
+        chunk = min(chunk_bytes, num_bytes)
+        pool = transport.StagingPool(transport.MIN_SLOTS, chunk, device)
+        lengths = [min(chunk, num_bytes - k) for k in range(0, num_bytes, chunk)]
 
         last = entries[-1]
 
         def chained() -> None:  # then the last host answers rank 0
             if rank in entries:
-                transport.chain(big, parent, children, group, chunk_bytes)
+                transport.chain(pool, lengths, parent, children, group)
             _send_and_ack(last, 0, tiny, tiny)
 
         hops = len(entries) - 1

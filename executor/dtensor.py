@@ -20,9 +20,10 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 
+from executor.arguments import agree
 from executor.calibrate import world_hosts
+from executor.dtypes import DTYPE_NAMES
 from executor.executor import Executor, Mode
-from executor.packing import TORCH_DTYPES
 from planner.plan import Plan
 from planner.request import Request, parse_request
 from solver import plan_request
@@ -30,7 +31,6 @@ from solver import plan_request
 #: prepared executors kept per (request, mode); each holds process groups and buffers
 CACHE_SIZE = 16
 _executors: OrderedDict[tuple[str, str], Executor] = OrderedDict()
-_DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 
 def placement_names(placements: Sequence[Placement], where: str) -> list[str]:
@@ -81,7 +81,7 @@ def reshard_request(
     """The `meshcast.request/v1` that moves `x` to `dst_placements` on `dst_mesh`."""
     src_json, dst_json = _mesh_json(x.device_mesh), _mesh_json(dst_mesh)
     meshes = {"src": src_json} if src_json == dst_json else {"src": src_json, "dst": dst_json}
-    if x.dtype not in _DTYPE_NAMES:
+    if x.dtype not in DTYPE_NAMES:
         raise ValueError(f"x.dtype: {x.dtype} is not supported")
     return parse_request(
         {
@@ -89,7 +89,7 @@ def reshard_request(
                 {
                     "name": "tensor",
                     "shape": list(x.shape),
-                    "dtype": _DTYPE_NAMES[x.dtype],
+                    "dtype": DTYPE_NAMES[x.dtype],
                     "src": {
                         "mesh": "src",
                         "placements": placement_names(x.placements, "x.placements"),
@@ -131,11 +131,29 @@ def _executor(request: Request, mode: Mode, plan_with: PlanFunction) -> Executor
     return executor
 
 
+def _out_problem(
+    out: DTensor, x: DTensor, dst_mesh: DeviceMesh, dst_placements: Sequence[Placement]
+) -> str | None:
+    """What makes `out` unfit to receive `x` laid out as `dst_placements` over `dst_mesh`."""
+    if not isinstance(out, DTensor):
+        return f"out: expected a DTensor, got {type(out).__name__}"
+    if _mesh_json(out.device_mesh) != _mesh_json(dst_mesh):
+        return (
+            f"out.device_mesh: expected {_mesh_json(dst_mesh)}, got {_mesh_json(out.device_mesh)}"
+        )
+    if list(out.placements) != list(dst_placements):
+        return f"out.placements: expected {list(dst_placements)}, got {list(out.placements)}"
+    if out.shape != x.shape or out.dtype != x.dtype:
+        return f"out: expected shape {tuple(x.shape)} {x.dtype}, got {tuple(out.shape)} {out.dtype}"
+    return None
+
+
 def reshard(
     x: DTensor,
     dst_mesh: DeviceMesh,
     dst_placements: Sequence[Placement],
     *,
+    out: DTensor | None = None,
     cluster: Mapping[str, Any] | None = None,
     algorithm: str = "auto",
     time_limit_s: float = 2.0,
@@ -144,14 +162,25 @@ def reshard(
 ) -> DTensor:
     """`x` laid out as `dst_placements` over `dst_mesh`, which may be disjoint from, overlap or
     equal `x.device_mesh`. A collective over the default world. `cluster` is the request's
-    cluster object (default: `local_cluster()`)."""
+    cluster object (default: `local_cluster()`).
+
+    With `out` (a DTensor on `dst_mesh` with `dst_placements`, such as an inference engine's
+    live weight), the bytes land in its local tensor and `out` is returned; a mismatched `out`
+    on any rank is a `ValueError` on every rank."""
     cluster = cluster if cluster is not None else local_cluster()
     request = reshard_request(x, dst_mesh, dst_placements, cluster, algorithm, time_limit_s)
     executor = _executor(request, mode, plan_with)
-    shards = {}
-    if executor.source_tensors:
-        shards["tensor"] = x.to_local().contiguous()
-    received = executor.run(shards)
+    if out is not None:
+        world = list(range(dist.get_world_size()))
+        group = dist.group.WORLD
+        assert group is not None
+        problem = _out_problem(out, x, dst_mesh, dst_placements)
+        agree(problem, dist.get_rank(), world, group, executor.device)
+    shards = {"tensor": x.to_local()} if executor.source_tensors else {}
+    targets = {"tensor": out.to_local()} if out is not None and executor.destination_tensors else {}
+    received = executor.run(shards, targets)
+    if out is not None:
+        return out
     local = received.get("tensor")
     if local is None:  # this rank is not in the destination mesh
         local = torch.empty(0, dtype=x.dtype, device=executor.device)

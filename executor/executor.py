@@ -2,18 +2,23 @@
 
 Every rank of the world builds one `Executor` for a plan (a collective call: it creates the
 executor's process groups and checks that all ranks hold the same plan), then calls `run` with
-its source shards as often as it likes and gets its destination shards back, bit-exact with
-slicing the global tensors. Ranks are device ids; a rank in neither mesh takes part in set-up
-only. The same code runs on gloo (CPU tensors) and NCCL (CUDA tensors).
+its source shards as often as it likes. The destination bytes land in the caller's tensors
+(`out=`, any strided views, such as a slice of a fused parameter) or in one tensor allocated per
+destination shard, bit-exact with slicing the global tensors. Bytes move in chunks through a
+fixed pool of staging slots (`staging_bytes` per rank): a run's memory does not grow with the
+data beyond the relay buffers the plan needs (`memory`). Ranks are device ids; a rank in neither
+mesh takes part in set-up only. The same code runs on gloo (CPU tensors) and NCCL (CUDA tensors,
+communication on the executor's own stream).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,10 +28,19 @@ import torch
 import torch.distributed as dist
 
 from executor import transport
-from executor.holdings import Holdings
-from executor.packing import TORCH_DTYPES, pack, unpack
-from executor.steps import Step, broadcast_groups, rank_steps
-from planner.mesh import Box
+from executor.arguments import agree, check_arguments
+from executor.chunks import LocalTensors
+from executor.dtypes import TORCH_DTYPES
+from executor.program import (
+    RankProgram,
+    RankStep,
+    broadcast_groups,
+    longest_message_bytes,
+    numbered,
+    rank_program,
+)
+from executor.relays import fold_relays
+from executor.wire import ALIGN_BYTES, align_up
 from planner.plan import Plan
 from planner.problem import build_problem
 from planner.request import Request
@@ -34,10 +48,17 @@ from planner.simulate import simulate
 
 Mode = Literal["chain", "broadcast"]
 MODES: tuple[Mode, ...] = ("chain", "broadcast")
+#: default staging budget per rank
+STAGING_BYTES = 64 << 20
+#: the smallest staging budget: `MIN_SLOTS` chunks of `ALIGN_BYTES`
+MIN_STAGING_BYTES = transport.MIN_SLOTS * ALIGN_BYTES
+
+Shards = Mapping[str, torch.Tensor]
 
 
 class PlanMismatchError(RuntimeError):
-    """Ranks were given different plans, requests or modes (running would hang or corrupt)."""
+    """Ranks were given different plans, requests, modes or chunk sizes (running would hang or
+    corrupt)."""
 
 
 class InvalidPlanError(ValueError):
@@ -54,11 +75,24 @@ class StepTiming:
     end_s: float
 
 
-def plan_fingerprint(plan: Plan, request_id: str = "", mode: str = "") -> int:
-    """63-bit digest of what every rank must agree on: the transfers, the request and mode."""
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a run allocates on this rank beyond the caller's tensors."""
+
+    #: the staging pool, allocated at set-up
+    staging_bytes: int
+    #: most bytes of relay buffers alive at once during a run
+    peak_relay_bytes: int
+    #: this rank's destination shards, allocated by `run` for those not given in `out`
+    destination_bytes: int
+
+
+def plan_fingerprint(plan: Plan, request_id: str = "", mode: str = "", chunk_bytes: int = 0) -> int:
+    """63-bit digest of what every rank must agree on: transfers, request, mode, chunk size."""
     body = [
         request_id,
         mode,
+        chunk_bytes,
         [
             [t.src, list(t.dst), [[p.tensor, [list(iv) for iv in p.box]] for p in t.pieces]]
             for t in plan.transfers
@@ -80,14 +114,22 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def message_chunk_bytes(chunk_bytes: int, staging_bytes: int, longest_message: int) -> int:
+    """The chunk size every rank uses: at most `chunk_bytes`, at least `MIN_SLOTS` chunks in
+    the staging budget, no longer than the longest message; a multiple of `ALIGN_BYTES`."""
+    chunk = min(chunk_bytes, staging_bytes // transport.MIN_SLOTS, align_up(longest_message))
+    return max(ALIGN_BYTES, chunk // ALIGN_BYTES * ALIGN_BYTES)
+
+
 class Executor:
-    """A plan prepared on this rank: process groups, route of every transfer, receive buffers.
+    """A plan prepared on this rank: process groups, its program, a staging pool.
 
     `Executor(plan, request)` must be called by every rank of the default world, in the same
     order relative to other collectives. `mode="chain"` forwards chunks along the plan's
-    chains with p2p; `mode="broadcast"` uses `dist.broadcast` on one cached group per distinct
-    set of participants (created at set-up, the same order on every rank). Operations time out
-    after `timeout`.
+    routes with p2p; `mode="broadcast"` uses `dist.broadcast` per chunk on one cached group per
+    distinct set of participants (created at set-up, the same order on every rank).
+    `staging_bytes` bounds the staging pool; `chunk_bytes` the chunk size (both must be the
+    same on every rank). Operations time out after `timeout`.
     """
 
     def __init__(
@@ -96,149 +138,234 @@ class Executor:
         request: Request,
         *,
         mode: Mode = "chain",
+        staging_bytes: int = STAGING_BYTES,
         device: torch.device | None = None,
         timeout: timedelta = timedelta(minutes=5),
         chunk_bytes: int = transport.CHUNK_BYTES,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if chunk_bytes <= 0:
-            raise ValueError(f"chunk_bytes: must be positive, got {chunk_bytes}")
+        if chunk_bytes < ALIGN_BYTES:
+            raise ValueError(f"chunk_bytes: must be at least {ALIGN_BYTES}, got {chunk_bytes}")
+        if staging_bytes < MIN_STAGING_BYTES:
+            raise ValueError(
+                f"staging_bytes: must be at least {MIN_STAGING_BYTES}, got {staging_bytes}"
+            )
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.mode, self.chunk_bytes = mode, chunk_bytes
+        self.mode = mode
         self.device = device if device is not None else default_device()
         self.request = request
-        self._problem = build_problem(request)
-        errors = simulate(self._problem, plan.transfers).errors
+        problem = build_problem(request)
+        errors = simulate(problem, plan.transfers).errors
         if errors:
             raise InvalidPlanError(f"plan: {errors[0]} ({len(errors)} problem(s) in all)")
-        beyond = [d for d in self._problem.topology.host_of if d >= self.world_size]
+        beyond = [d for d in problem.topology.host_of if d >= self.world_size]
         if beyond:
             raise ValueError(
                 f"request: device {min(beyond)} is not a rank of this world "
                 f"(world size {self.world_size})"
             )
+        longest = longest_message_bytes(problem, plan)
+        self.chunk_bytes = message_chunk_bytes(chunk_bytes, staging_bytes, longest)
+        order = numbered(plan)
+        program = rank_program(problem, order, self.rank, self.chunk_bytes)
         self._group = dist.new_group(list(range(self.world_size)), timeout=timeout)
         try:
-            self._check_fingerprints(plan)
+            most_relay_bytes = self._agree_on_plan(plan, program.peak_relay_bytes)
         except PlanMismatchError:
             dist.destroy_process_group(self._group)
             raise
-        self.steps = rank_steps(self._problem, plan, self.rank)
+        #: transfers that travel with another one (index -> its carrier), see `relays`
+        self.folded: dict[int, int] = {}
+        if most_relay_bytes > staging_bytes - transport.MIN_SLOTS * self.chunk_bytes:
+            order, self.folded = fold_relays(problem, plan)
+            program = rank_program(problem, order, self.rank, self.chunk_bytes)
+        self.program: RankProgram = program
+        self.members = sorted(problem.src_devices | problem.dst_devices)
+        self._members_group = self._group
+        if len(self.members) < self.world_size:  # collective: every rank creates it
+            self._members_group = dist.new_group(self.members, timeout=timeout)
         self._groups: dict[tuple[int, ...], dist.ProcessGroup] = {}
         if mode == "broadcast":
-            for members in broadcast_groups(plan):  # collective: every rank, same order
+            for members in broadcast_groups(order):  # collective: every rank, same order
                 group = dist.new_group(list(members), timeout=timeout)
                 if self.rank in members:
                     self._groups[members] = group
-        self._buffers = {
-            s.index: torch.empty(s.num_bytes, dtype=torch.uint8, device=self.device)
-            for s in self.steps
-            if not s.is_sender
-        }
-        self._src_boxes = self._boxes("src")
-        self._dst_boxes = self._boxes("dst")
+        self._dtypes = [TORCH_DTYPES[t.dtype] for t in request.tensors]
+        # relay buffers come out of the staging budget; at least two slots keep chunks moving
+        room = (staging_bytes - program.peak_relay_bytes) // self.chunk_bytes
+        num_slots = min(max(room, 2), program.max_chunks)
+        self._pool = (
+            transport.StagingPool(num_slots, self.chunk_bytes, self.device) if num_slots else None
+        )
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._lock = threading.Lock()
         self._channel: ThreadPoolExecutor | None = None
         self.last_timings: list[StepTiming] = []
 
-    def _boxes(self, side: str) -> dict[int, Box]:
-        boxes = {}
-        for i in range(len(self.request.tensors)):
-            by_device = (self._problem.src_boxes if side == "src" else self._problem.dst_boxes)(i)
-            if self.rank in by_device:
-                boxes[i] = by_device[self.rank]
-        return boxes
+    @property
+    def steps(self) -> tuple[RankStep, ...]:
+        """The transfers this rank takes part in, in plan order."""
+        return self.program.steps
 
-    def _check_fingerprints(self, plan: Plan) -> None:
-        mine = plan_fingerprint(plan, self.request.request_id, self.mode)
-        value = torch.tensor([mine], dtype=torch.int64, device=self.device)
+    @property
+    def memory(self) -> MemoryPlan:
+        """What a run allocates on this rank, beyond the caller's tensors."""
+        return MemoryPlan(
+            staging_bytes=self._pool.num_bytes if self._pool is not None else 0,
+            peak_relay_bytes=self.program.peak_relay_bytes,
+            destination_bytes=sum(
+                self._shape_bytes(r.tensor, r.box) for r in self.program.destinations
+            ),
+        )
+
+    def _shape_bytes(self, tensor: int, box: tuple[tuple[int, int], ...]) -> int:
+        count = 1
+        for lo, hi in box:
+            count *= hi - lo
+        return count * self.request.tensors[tensor].itemsize_bytes
+
+    def _agree_on_plan(self, plan: Plan, relay_bytes: int) -> int:
+        """Check that every rank holds the same plan (fingerprints); the most relay bytes any
+        rank's program needs."""
+        mine = plan_fingerprint(plan, self.request.request_id, self.mode, self.chunk_bytes)
+        value = torch.tensor([mine, relay_bytes], dtype=torch.int64, device=self.device)
         everyone = [torch.zeros_like(value) for _ in range(self.world_size)]
         dist.all_gather(everyone, value, group=self._group)
-        values = [int(t.item()) for t in everyone]
+        values = [int(t[0].item()) for t in everyone]
         differing = [r for r, v in enumerate(values) if v != values[0]]
         if differing:
             raise PlanMismatchError(
-                f"ranks hold different plans, requests or modes: rank 0 has fingerprint "
-                f"{values[0]:#x}, ranks {differing} differ (rank {self.rank} has {mine:#x})"
+                f"ranks hold different plans, requests, modes or chunk sizes: rank 0 has "
+                f"fingerprint {values[0]:#x}, ranks {differing} differ (rank {self.rank} has "
+                f"{mine:#x}, chunk_bytes {self.chunk_bytes})"
             )
+        return max(int(t[1].item()) for t in everyone)
+
+    def _name(self, tensor: int) -> str:
+        return self.request.tensors[tensor].name
+
+    def _expected(self, side: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        regions = self.program.sources if side == "src" else self.program.destinations
+        return {
+            self._name(r.tensor): (tuple(hi - lo for lo, hi in r.box), self._dtypes[r.tensor])
+            for r in regions
+        }
 
     @property
     def source_tensors(self) -> list[str]:
         """Names of the tensors this rank must pass to `run`."""
-        return [self.request.tensors[i].name for i in self._src_boxes]
+        return list(self._expected("src"))
 
-    def _holdings(self, source_shards: Mapping[str, torch.Tensor]) -> list[Holdings]:
-        holdings = [Holdings(TORCH_DTYPES[t.dtype], self.device) for t in self.request.tensors]
-        names = {spec.name: i for i, spec in enumerate(self.request.tensors)}
-        for name in source_shards:
-            if names.get(name) not in self._src_boxes:
-                raise ValueError(
-                    f"source_shards[{name!r}]: rank {self.rank} holds no source shard of it "
-                    f"(expected {sorted(self.source_tensors)})"
-                )
-        for i, box in self._src_boxes.items():
-            spec = self.request.tensors[i]
-            if spec.name not in source_shards:
-                raise ValueError(
-                    f"source_shards: rank {self.rank} holds a shard of {spec.name!r}, none given"
-                )
-            shard = source_shards[spec.name]
-            expected = tuple(hi - lo for lo, hi in box)
-            if tuple(shard.shape) != expected or shard.dtype != TORCH_DTYPES[spec.dtype]:
-                raise ValueError(
-                    f"source_shards[{spec.name!r}]: rank {self.rank} got {tuple(shard.shape)} "
-                    f"{shard.dtype}, the layout says {expected} {TORCH_DTYPES[spec.dtype]}"
-                )
-            holdings[i].add(box, shard.to(self.device))
-        return holdings
+    @property
+    def destination_tensors(self) -> list[str]:
+        """Names of the tensors `run` returns on this rank (and that `out` may give)."""
+        return list(self._expected("dst"))
 
-    def _move(self, step: Step, holdings: list[Holdings]) -> None:
+    def _arguments(self, source_shards: Shards, out: Shards) -> None:
+        problem = check_arguments(
+            source_shards, out, self._expected("src"), self._expected("dst"), self.device
+        )
+        agree(problem, self.rank, self.members, self._members_group, self.device)
+
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """Communication and copies on the executor's own CUDA stream, after the caller's work
+        on its tensors; the run ends when they are done."""
+        if self._stream is None:
+            yield
+            return
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            yield
+        self._stream.synchronize()
+
+    def _move(self, step: RankStep, tensors: LocalTensors) -> None:
+        message = step.message
+        lengths = [message.chunk_length(k) for k in range(message.num_chunks)]
+        assert self._pool is not None
+        fill = drain = None
         if step.is_sender:
-            parts = [holdings[p.tensor].extract(p.box) for p in step.pieces]
-            buffer = pack(parts).to(self.device)
-        else:
-            buffer = self._buffers[step.index]
-        if step.num_bytes:
-            if self.mode == "broadcast" and step.participants in self._groups:
-                transport.broadcast(buffer, step.src, self._groups[step.participants])
-            else:
-                transport.chain(buffer, step.parent, step.children, self._group, self.chunk_bytes)
-        if not step.is_sender:
-            layout = [
-                (p.box, TORCH_DTYPES[self.request.tensors[p.tensor].dtype]) for p in step.pieces
-            ]
-            for piece, data in zip(step.pieces, unpack(buffer, layout), strict=True):
-                holdings[piece.tensor].add(piece.box, data)
 
-    def run(self, source_shards: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            def fill(k: int, data: torch.Tensor) -> None:
+                tensors.copy_chunk(step, k, data, to_wire=True)
+        elif any(step.segments):
+
+            def drain(k: int, data: torch.Tensor) -> None:
+                tensors.copy_chunk(step, k, data, to_wire=False)
+
+        if self.mode == "broadcast" and step.participants in self._groups:
+            group = self._groups[step.participants]
+            transport.broadcast(self._pool, lengths, step.src, group, fill, drain)
+        else:
+            transport.chain(
+                self._pool, lengths, step.parent, step.children, self._group, fill, drain
+            )
+
+    def run(self, source_shards: Shards, out: Shards | None = None) -> dict[str, torch.Tensor]:
         """Move the data; return this rank's destination shard of every tensor whose
-        destination mesh contains it, keyed by tensor name (empty on other ranks)."""
+        destination mesh contains it, keyed by tensor name (empty on other ranks).
+
+        `out` maps tensor names to tensors the bytes land in (any strided view, not sharing
+        memory with the sources); they are returned as they are. Shards not in `out` are
+        allocated once. A bad argument on any rank is a `ValueError` on every rank of the run,
+        raised before any data moves."""
+        out = {} if out is None else out
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this Executor is already running; wait for the previous run")
         try:
-            holdings = self._holdings(source_shards)
-            start, timings = time.perf_counter(), []
-            for step in self.steps:
-                began = time.perf_counter() - start
-                self._move(step, holdings)
-                timings.append(StepTiming(step.index, began, time.perf_counter() - start))
-            self.last_timings = timings
+            if self.rank not in self.members:
+                if source_shards or out:
+                    raise ValueError(
+                        f"rank {self.rank} is in neither mesh: expected no source_shards and no "
+                        f"out, got {sorted([*source_shards, *out])}"
+                    )
+                return {}
+            self._arguments(source_shards, out)
+            destinations = self._destinations(out)
+            with torch.no_grad(), self._on_stream():
+                self._run(source_shards, destinations)
             return {
-                self.request.tensors[i].name: holdings[i].extract(box).clone()
-                for i, box in self._dst_boxes.items()
+                self._name(r.tensor): t
+                for r, t in zip(self.program.destinations, destinations, strict=True)
             }
         finally:
             self._lock.release()
 
+    def _destinations(self, out: Shards) -> list[torch.Tensor]:
+        """The caller's `out` tensors, and one allocated tensor per other destination shard
+        (on the caller's stream, which owns them)."""
+        return [
+            out[self._name(r.tensor)]
+            if self._name(r.tensor) in out
+            else torch.empty(
+                tuple(hi - lo for lo, hi in r.box), dtype=self._dtypes[r.tensor], device=self.device
+            )
+            for r in self.program.destinations
+        ]
+
+    def _run(self, source_shards: Shards, destinations: list[torch.Tensor]) -> None:
+        program = self.program
+        sources = [source_shards[self._name(r.tensor)] for r in program.sources]
+        tensors = LocalTensors(program, self._dtypes, sources, destinations, self.device)
+        start, timings = time.perf_counter(), []
+        tensors.local_copies()
+        for step in program.steps:
+            began = time.perf_counter() - start
+            tensors.make_relays(step)
+            self._move(step, tensors)
+            tensors.release_relays(step)
+            timings.append(StepTiming(step.index, began, time.perf_counter() - start))
+        self.last_timings = timings
+
     def run_async(
-        self, source_shards: Mapping[str, torch.Tensor]
+        self, source_shards: Shards, out: Shards | None = None
     ) -> Future[dict[str, torch.Tensor]]:
         """Queue a `run` on this executor's background thread and return at once;
         `.result(timeout)` gives the destination shards (or raises what `run` raised). Queued
         runs go one after another in call order, like messages on a channel, so a stage can
-        queue the receives of several micro-batches ahead; compute on the caller's thread
-        overlaps them."""
+        queue the receives of several micro-batches ahead; compute on the caller's thread (or
+        CUDA stream) overlaps them."""
         if self._channel is None:
             self._channel = ThreadPoolExecutor(
                 max_workers=1,
@@ -246,17 +373,31 @@ class Executor:
                 initializer=_use_device,
                 initargs=(self.device,),
             )
-        return self._channel.submit(self.run, source_shards)
+        if self._stream is not None:  # the caller's pending work on the sources comes first
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+            return self._channel.submit(self._run_after, ready, source_shards, out)
+        return self._channel.submit(self.run, source_shards, out)
+
+    def _run_after(
+        self, ready: torch.cuda.Event, source_shards: Shards, out: Shards | None
+    ) -> dict[str, torch.Tensor]:
+        torch.cuda.current_stream(self.device).wait_event(ready)
+        return self.run(source_shards, out)
 
     def close(self) -> None:
         """Wait for queued runs, then destroy the executor's process groups (a collective
-        call, like set-up)."""
+        call, like set-up) and release the staging pool."""
         if self._channel is not None:
             self._channel.shutdown(wait=True)
             self._channel = None
-        for group in [*self._groups.values(), self._group]:
+        groups = [*self._groups.values(), self._group]
+        if self._members_group is not self._group:
+            groups.append(self._members_group)
+        for group in groups:
             dist.destroy_process_group(group)
         self._groups.clear()
+        self._pool = None
 
     def __enter__(self) -> Executor:
         return self
@@ -268,11 +409,13 @@ class Executor:
 def execute(
     plan: Plan,
     request: Request,
-    source_shards: Mapping[str, torch.Tensor],
+    source_shards: Shards,
     *,
+    out: Shards | None = None,
     mode: Mode = "chain",
+    staging_bytes: int = STAGING_BYTES,
     device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Prepare, run once and close: `Executor(plan, request, ...).run(source_shards)`."""
-    with Executor(plan, request, mode=mode, device=device) as executor:
-        return executor.run(source_shards)
+    """Prepare, run once and close: `Executor(plan, request, ...).run(source_shards, out)`."""
+    with Executor(plan, request, mode=mode, staging_bytes=staging_bytes, device=device) as executor:
+        return executor.run(source_shards, out)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from executor.executor import Executor, Mode
+from executor.dtypes import TORCH_DTYPES
+from executor.executor import STAGING_BYTES, Executor, Mode
 from executor.local_world import LocalWorld
+from executor.memory import PeakMemory
 from executor.reference import reference_box, same_bytes
 from executor.transport import CHUNK_BYTES
 from planner.boxes import volume
@@ -47,6 +49,9 @@ class RunReport:
     runs_s: list[float]
     transfers: list[TransferTiming]
     mismatches: list[dict[str, Any]] = field(default_factory=list)
+    #: per rank of the meshes: peak memory growth from before set-up, and the executor's
+    #: staging, relay and destination bytes
+    memory: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -60,17 +65,58 @@ class RunReport:
             "runs_s": self.runs_s,
             "transfers": len(self.transfers),
             "mismatches": self.mismatches,
+            "memory": self.memory,
         }
 
 
-def reference_sources(request: Request) -> dict[str, torch.Tensor]:
-    """This rank's source shards of the reference tensors."""
+def strided_copy(t: torch.Tensor) -> torch.Tensor:
+    """The same values in memory laid out otherwise (dims reversed, or every other element of
+    a buffer twice as long for 1-D): a strided view, as a caller's shards often are."""
+    if t.dim() >= 2:
+        order = tuple(reversed(range(t.dim())))
+        return t.permute(order).contiguous().permute(order)
+    if t.dim() == 1:
+        buffer = torch.empty(2 * t.numel(), dtype=t.dtype, device=t.device)
+        buffer[::2] = t
+        return buffer[::2]
+    return t.clone()
+
+
+def strided_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor of `shape` laid out like `strided_copy` lays out its values."""
+    if len(shape) >= 2:
+        order = tuple(reversed(range(len(shape))))
+        return torch.empty(tuple(reversed(shape)), dtype=dtype).permute(order)
+    if len(shape) == 1:
+        return torch.empty(2 * shape[0], dtype=dtype)[::2]
+    return torch.empty(shape, dtype=dtype)
+
+
+def reference_sources(request: Request, strided: bool = False) -> dict[str, torch.Tensor]:
+    """This rank's source shards of the reference tensors (as strided views with `strided`)."""
     problem, rank = build_problem(request), dist.get_rank()
-    return {
+    shards = {
         spec.name: reference_box(spec.name, spec.shape, spec.dtype, problem.src_boxes(i)[rank])
         for i, spec in enumerate(request.tensors)
         if rank in problem.src_boxes(i)
     }
+    return {name: strided_copy(t) for name, t in shards.items()} if strided else shards
+
+
+def destination_tensors(request: Request, strided: bool = False) -> dict[str, torch.Tensor]:
+    """Zeroed tensors for this rank's destination shards: an `out` a caller would own (and
+    have touched: an engine's live weights are resident before a refit)."""
+    problem, rank = build_problem(request), dist.get_rank()
+    made = {}
+    for i, spec in enumerate(request.tensors):
+        box = problem.dst_boxes(i).get(rank)
+        if box is not None:
+            shape = tuple(hi - lo for lo, hi in box)
+            dtype = TORCH_DTYPES[spec.dtype]
+            made[spec.name] = (
+                strided_empty(shape, dtype) if strided else torch.empty(shape, dtype=dtype)
+            ).zero_()
+    return made
 
 
 def verify_received(request: Request, received: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
@@ -89,29 +135,69 @@ def verify_received(request: Request, received: Mapping[str, torch.Tensor]) -> l
     return mismatches
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How `rank_job` runs a plan: executor settings, repeats, and the caller's tensors."""
+
+    mode: Mode = "chain"
+    repeats: int = 1
+    timeout_s: float = 120.0
+    chunk_bytes: int = CHUNK_BYTES
+    staging_bytes: int = STAGING_BYTES
+    #: land the bytes in caller-owned tensors (`out=`) instead of tensors `run` allocates
+    use_out: bool = False
+    #: source shards and `out` tensors as strided (non-contiguous) views
+    strided: bool = False
+
+
 def rank_job(
-    request_json: dict[str, Any],
-    plan_json: dict[str, Any],
-    mode: Mode,
-    repeats: int,
-    timeout_s: float,
-    chunk_bytes: int,
+    request_json: dict[str, Any], plan_json: dict[str, Any], settings: dict[str, Any]
 ) -> dict[str, Any]:
+    """One rank's part of `run_plan`: set up, run `repeats` times between barriers, verify
+    every run, and measure this rank's peak memory growth from before set-up on."""
     request, plan = parse_request(request_json), Plan.from_json(plan_json)
-    shards = reference_sources(request)
+    options = RunSettings(**settings)
+    shards = reference_sources(request, options.strided)
+    out = destination_tensors(request, options.strided) if options.use_out else None
     runs_s: list[float] = []
     mismatches: list[dict[str, Any]] = []
-    timeout = timedelta(seconds=timeout_s)
-    with Executor(plan, request, mode=mode, timeout=timeout, chunk_bytes=chunk_bytes) as executor:
-        for run in range(repeats):
+    timeout = timedelta(seconds=options.timeout_s)
+    device = torch.device("cpu")
+    with PeakMemory(device) as setup:
+        executor = Executor(
+            plan,
+            request,
+            mode=options.mode,
+            timeout=timeout,
+            chunk_bytes=options.chunk_bytes,
+            staging_bytes=options.staging_bytes,
+        )
+    growth = [setup.growth_bytes]
+    with executor:
+        for run in range(options.repeats):
             dist.barrier()
-            start = time.perf_counter()
-            received = executor.run(shards)
-            dist.barrier()
-            runs_s.append(time.perf_counter() - start)
+            with PeakMemory(device, setup.baseline_bytes) as peak:
+                start = time.perf_counter()
+                received = executor.run(shards, out)
+                dist.barrier()
+                runs_s.append(time.perf_counter() - start)
+            growth.append(peak.growth_bytes)
             mismatches += [dict(m, run=run) for m in verify_received(request, received)]
+            del received
         timings = [asdict(t) for t in executor.last_timings]
-    return {"runs_s": runs_s, "timings": timings, "mismatches": mismatches}
+        memory = {
+            "rank": dist.get_rank(),
+            "peak_growth_bytes": None if None in growth else max(g or 0 for g in growth),
+            **asdict(executor.memory),
+            "folded_transfers": len(executor.folded),
+        }
+    return {
+        "runs_s": runs_s,
+        "timings": timings,
+        "mismatches": mismatches,
+        "memory": memory,
+        "folded": sorted(executor.folded.items()),
+    }
 
 
 #: resident memory of one rank process (torch and gloo loaded, reference temporaries), on CPU
@@ -119,20 +205,17 @@ RANK_BASE_BYTES = 500 << 20
 
 
 def estimate_memory_bytes(request: Request, plan: Plan | None = None) -> int:
-    """Peak memory of `run_plan_locally` over all ranks, roughly: source shards, receive
-    buffers, results and the reference shards they are compared with. Without a plan, every
-    destination shard is taken to arrive once."""
+    """Peak memory of `run_plan_locally` over all ranks, roughly: source shards, destination
+    tensors and the reference shards they are compared with, staging and relay buffers (taken
+    as one more copy of what a rank receives)."""
     problem = build_problem(request)
     per_rank = {d: RANK_BASE_BYTES for d in range(1 + max(problem.topology.host_of))}
     for i, spec in enumerate(request.tensors):
-        received = 0 if plan is not None else 1
-        for side, copies in ((problem.src_boxes(i), 1), (problem.dst_boxes(i), 2 + received)):
+        for side, copies in ((problem.src_boxes(i), 2), (problem.dst_boxes(i), 3)):
             for device, box in side.items():
                 per_rank[device] += copies * volume(box) * spec.itemsize_bytes
-    for transfer in plan.transfers if plan is not None else ():
-        num_bytes = sum(problem.piece_bytes(p) for p in transfer.pieces)
-        for device in transfer.dst:
-            per_rank[device] += num_bytes
+    for device in problem.dst_devices:
+        per_rank[device] += STAGING_BYTES
     return sum(per_rank.values())
 
 
@@ -140,23 +223,20 @@ def run_plan(
     world: LocalWorld,
     request: Request,
     plan: Plan,
-    *,
-    mode: Mode = "chain",
-    repeats: int = 1,
-    chunk_bytes: int = CHUNK_BYTES,
+    settings: RunSettings | None = None,
 ) -> RunReport:
     """Run `plan` on `world` (at least as many ranks as the highest device id + 1)."""
+    settings = settings or RunSettings()
     problem = build_problem(request)
     needed = 1 + max(problem.topology.host_of)
     if world.num_ranks < needed:
         raise ValueError(
             f"world: the request uses device {needed - 1}, the world has {world.num_ranks} ranks"
         )
-    if repeats < 1:
-        raise ValueError(f"repeats: must be at least 1, got {repeats}")
-    answers = world.run(
-        rank_job, request.to_json(), plan.to_json(), mode, repeats, world.timeout_s, chunk_bytes
-    )
+    if settings.repeats < 1:
+        raise ValueError(f"repeats: must be at least 1, got {settings.repeats}")
+    settings = replace(settings, timeout_s=world.timeout_s)
+    answers = world.run(rank_job, request.to_json(), plan.to_json(), asdict(settings))
     return summarize(problem, plan, answers)
 
 
@@ -169,6 +249,8 @@ def summarize(problem: Problem, plan: Plan, answers: list[dict[str, Any]]) -> Ru
         for t in answer["timings"]:
             lo, hi = spans.get(t["index"], (t["start_s"], t["end_s"]))
             spans[t["index"]] = (min(lo, t["start_s"]), max(hi, t["end_s"]))
+    for folded, carrier in answers[0]["folded"]:  # it moved with its carrier
+        spans[folded] = spans[carrier]
     transfers = [
         TransferTiming(
             index=i,
@@ -181,18 +263,16 @@ def summarize(problem: Problem, plan: Plan, answers: list[dict[str, Any]]) -> Ru
         for i, t in enumerate(plan.transfers)
     ]
     mismatches = [m for a in answers for m in a["mismatches"]]
-    return RunReport(not mismatches, runs_s, transfers, mismatches)
+    members = problem.src_devices | problem.dst_devices
+    memory = [a["memory"] for a in answers if a["memory"]["rank"] in members]
+    return RunReport(not mismatches, runs_s, transfers, mismatches, memory)
 
 
 def run_plan_locally(
-    request: Request,
-    plan: Plan,
-    *,
-    mode: Mode = "chain",
-    repeats: int = 1,
-    timeout_s: float = 120.0,
+    request: Request, plan: Plan, settings: RunSettings | None = None
 ) -> RunReport:
     """Start a world of one process per device id, run `plan` there, stop the world."""
+    settings = settings or RunSettings()
     num_ranks = 1 + max(build_problem(request).topology.host_of)
-    with LocalWorld(num_ranks, timeout_s=timeout_s) as world:
-        return run_plan(world, request, plan, mode=mode, repeats=repeats)
+    with LocalWorld(num_ranks, timeout_s=settings.timeout_s) as world:
+        return run_plan(world, request, plan, settings)

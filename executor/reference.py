@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from executor.packing import TORCH_DTYPES
+from executor.dtypes import TORCH_DTYPES
 from planner.mesh import Box
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

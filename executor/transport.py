@@ -1,58 +1,133 @@
-"""Moving one packed buffer between the participants of a transfer.
+"""Moving one message between the participants of a transfer, chunk by chunk, through a fixed
+pool of staging slots.
 
-Two ways, same result: `chain` forwards the buffer chunk by chunk along the transfer's route with
-`batch_isend_irecv` (a relay posts every receive at once and passes each chunk on as soon as it
-has arrived, so a long chain is pipelined and every link carries each byte once), and
-`broadcast` calls `dist.broadcast` on a process group made of the transfer's participants.
-Single-receiver transfers are one chain hop in both modes.
+A sender packs chunk k into a slot (`fill`) and sends it on; a receiver gets chunk k into a slot,
+unpacks it (`drain`) and forwards the same slot down the chain. Chunk k uses slot k mod the
+number of slots, so a rank never holds more than its pool, however long the message.
+
+`chain` forwards along the transfer's route with p2p operations: a receiver keeps a receive
+posted in every free slot, so a relay receives chunk k+1 while it forwards chunk k, and every
+link carries each byte once. `broadcast` calls `dist.broadcast` per chunk on a process group of
+the transfer's participants, several chunks in flight.
 
 Deadlock freedom: every rank walks the plan's transfers in one global order, so the earliest
-unfinished transfer always has all its participants on it; inside it, chunk k reaches depth d
-once it has reached depth d-1, whatever the other chunks do.
+unfinished transfer has all its participants on it; inside it, what a rank does with chunk k
+waits only on chunk k at its parent and on earlier chunks, whatever the pool sizes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-#: bytes per chunk of a chain: large enough to amortise a message, small enough to pipeline
+#: bytes per chunk unless the staging budget asks for smaller ones
 CHUNK_BYTES = 4 << 20
+#: a staging pool has at least this many slots, so receiving, forwarding and sending overlap
+MIN_SLOTS = 4
+
+ChunkFunction = Callable[[int, torch.Tensor], None]
 
 
-def chain(
-    buffer: torch.Tensor,
-    parent: int | None,
-    children: Sequence[int],
-    group: dist.ProcessGroup,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> None:
-    """Receive `buffer` from `parent` (unless this rank sends) while forwarding it to
-    `children`, chunk by chunk: every receive is posted at once, and each chunk goes on to
-    the children as soon as it has arrived."""
-    chunks = list(torch.split(buffer, chunk_bytes)) if buffer.numel() else []
-    if not chunks:
-        return
-    sends: list[dist.Work] = []
-    if parent is None:
-        ops = [dist.P2POp(dist.isend, c, child, group=group) for c in chunks for child in children]
-        sends = dist.batch_isend_irecv(ops)
-    else:
-        receives = dist.batch_isend_irecv(
-            [dist.P2POp(dist.irecv, c, parent, group=group) for c in chunks]
-        )
-        for chunk, received in zip(chunks, receives, strict=True):
-            received.wait()
-            if children:
-                sends += dist.batch_isend_irecv(
-                    [dist.P2POp(dist.isend, chunk, child, group=group) for child in children]
-                )
-    for work in sends:
+class StagingPool:
+    """`num_slots` slots of `slot_bytes` each, in one allocation on `device`."""
+
+    def __init__(self, num_slots: int, slot_bytes: int, device: torch.device) -> None:
+        self.num_slots, self.slot_bytes = num_slots, slot_bytes
+        self.buffer = torch.empty(num_slots * slot_bytes, dtype=torch.uint8, device=device)
+
+    @property
+    def num_bytes(self) -> int:
+        return self.num_slots * self.slot_bytes
+
+    def slot(self, k: int, length: int) -> torch.Tensor:
+        """The first `length` bytes of the slot of chunk `k`."""
+        start = (k % self.num_slots) * self.slot_bytes
+        return self.buffer[start : start + length]
+
+
+def _wait(works: Sequence[dist.Work]) -> None:
+    for work in works:
         work.wait()
 
 
-def broadcast(buffer: torch.Tensor, src: int, group: dist.ProcessGroup) -> None:
-    """`buffer` from global rank `src` to every member of `group`."""
-    dist.broadcast(buffer, src=src, group=group)
+def _posted(work: dist.Work | None) -> dist.Work:
+    assert work is not None, "a p2p operation in a group this rank is not in"
+    return work
+
+
+def chain(
+    pool: StagingPool,
+    lengths: Sequence[int],
+    parent: int | None,
+    children: Sequence[int],
+    group: dist.ProcessGroup,
+    fill: ChunkFunction | None = None,
+    drain: ChunkFunction | None = None,
+) -> None:
+    """Send (no `parent`: `fill` packs each chunk) or receive (`drain` unpacks each chunk) a
+    message of chunks of `lengths` bytes, forwarding every chunk to `children` from its slot."""
+    num_chunks, num_slots = len(lengths), pool.num_slots
+    sends: dict[int, list[dist.Work]] = {}
+
+    def send(k: int, data: torch.Tensor) -> None:
+        sends[k] = [_posted(dist.isend(data, child, group=group)) for child in children]
+
+    if parent is None:
+        for k in range(num_chunks):
+            _wait(sends.pop(k - num_slots, []))  # the slot's previous chunk has left
+            data = pool.slot(k, lengths[k])
+            if fill is not None:
+                fill(k, data)
+            send(k, data)
+    else:
+
+        def receive(k: int) -> dist.Work:
+            return _posted(dist.irecv(pool.slot(k, lengths[k]), parent, group=group))
+
+        receives = {k: receive(k) for k in range(min(num_slots, num_chunks))}
+        for k in range(num_chunks):
+            receives.pop(k).wait()
+            data = pool.slot(k, lengths[k])
+            if drain is not None:
+                drain(k, data)
+            if children:
+                send(k, data)
+            # reuse the slot freed longest ago: the previous chunk's, once it has been sent on
+            # (a leaf's own slot is free as soon as it is unpacked)
+            free = k - 1 if children else k
+            if free >= 0 and free + num_slots < num_chunks:
+                _wait(sends.pop(free, []))
+                receives[free + num_slots] = receive(free + num_slots)
+    for works in sends.values():
+        _wait(works)
+
+
+def broadcast(
+    pool: StagingPool,
+    lengths: Sequence[int],
+    src: int,
+    group: dist.ProcessGroup,
+    fill: ChunkFunction | None = None,
+    drain: ChunkFunction | None = None,
+) -> None:
+    """`dist.broadcast` of every chunk from global rank `src` to the members of `group`, up to
+    one chunk per slot in flight: the sender `fill`s, the others `drain`."""
+    sender = dist.get_rank() == src
+    pending: dict[int, dist.Work] = {}
+
+    def finish(k: int) -> None:
+        pending.pop(k).wait()
+        if not sender and drain is not None:
+            drain(k, pool.slot(k, lengths[k]))
+
+    for k, length in enumerate(lengths):
+        if k - pool.num_slots in pending:
+            finish(k - pool.num_slots)
+        data = pool.slot(k, length)
+        if sender and fill is not None:
+            fill(k, data)
+        pending[k] = _posted(dist.broadcast(data, src=src, group=group, async_op=True))
+    for k in sorted(pending):
+        finish(k)

@@ -4,51 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from planner.route import transfer_route
 from planner.topology import Topology
 
 
 def transfer_cost(
     topo: Topology, num_bytes: int, src: int, dst: Sequence[int]
 ) -> tuple[float, tuple[int, ...]]:
-    """Duration in seconds and the ports held for that long by `src -> dst` of `num_bytes`.
-
-    Hosts of `dst` other than the sender's form a pipelined chain in order of first appearance;
-    the first device of `dst` on each chain host is its entry (and picks the rail). Inside every
-    host the remaining devices of `dst` follow in `dst` order, one NVLink hop each.
-    """
-    src_host = topo.host_of[src]
-    chain: list[int] = []
-    entry: dict[int, int] = {}
-    per_host: dict[int, list[int]] = {}
-    for d in dst:
-        h = topo.host_of[d]
-        per_host.setdefault(h, []).append(d)
-        if h != src_host and h not in entry:
-            entry[h] = d
-            chain.append(h)
+    """Duration in seconds and the ports held for that long by `src -> dst` of `num_bytes`,
+    along the route `planner.route.transfer_route` defines."""
+    route = transfer_route(topo, src, dst)
     ports: set[int] = set()
     inter_s = intra_s = 0.0
-    if chain:
-        inter_s = num_bytes / topo.nic_bytes_per_s + topo.latency_s * len(chain)
-        ports.add(topo.send_port(src_host, topo.rail_of[src]))
-        last = len(chain) - 1
-        for i, h in enumerate(chain):
-            rail = topo.rail_of[entry[h]]
+    if route.chain_hosts:
+        inter_s = num_bytes / topo.nic_bytes_per_s + topo.latency_s * len(route.chain_hosts)
+        ports.add(topo.send_port(topo.host_of[src], topo.rail_of[src]))
+        last = len(route.chain_hosts) - 1
+        for i, (h, entry) in enumerate(zip(route.chain_hosts, route.entries, strict=True)):
+            rail = topo.rail_of[entry]
             ports.add(topo.recv_port(h, rail))
             if i < last:
                 ports.add(topo.send_port(h, rail))
-    most_hops = 0
-    for h, devices in per_host.items():
-        prev = src if h == src_host else entry[h]
-        hops = 0
-        for d in devices:
-            if d == prev:
-                continue
-            ports.add(topo.link_out_port(prev))
-            ports.add(topo.link_in_port(d))
-            prev = d
-            hops += 1
-        most_hops = max(most_hops, hops)
-    if most_hops:
-        intra_s = num_bytes / topo.intra_bytes_per_s + topo.latency_s * most_hops
+    for a, b in route.intra_hops:
+        ports.add(topo.link_out_port(a))
+        ports.add(topo.link_in_port(b))
+    if route.most_intra_hops:
+        intra_s = num_bytes / topo.intra_bytes_per_s + topo.latency_s * route.most_intra_hops
     return max(inter_s, intra_s), tuple(sorted(ports))

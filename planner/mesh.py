@@ -30,7 +30,7 @@ def shard_box(
         lo, hi = box[dim]
         length, num_chunks = hi - lo, mesh_shape[axis]
         chunk = -(-length // num_chunks)
-        i = coord[axis]
+        i = int(coord[axis])
         box[dim] = (lo + min(i * chunk, length), lo + min((i + 1) * chunk, length))
     return tuple(box)
 

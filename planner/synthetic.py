@@ -231,3 +231,77 @@ def scaled_request(request: dict[str, Any], max_bytes: int) -> dict[str, Any]:
             raise ValueError(f"max_bytes: {max_bytes} is below one element of every tensor")
         shape[axis] = (shape[axis] + 1) // 2
     return scaled
+
+
+def moe_refit_request(
+    *,
+    num_layers: int = 4,
+    hidden: int = 1024,
+    ffn: int = 1024,
+    num_experts: int = 8,
+    vocab: int = 32768,
+    num_stages: int = 2,
+    stage_tp: int = 2,
+    num_engines: int = 2,
+    engine_tp: int = 2,
+    gpus_per_host: int = 2,
+    colocated: bool = False,
+) -> dict[str, Any]:
+    """An RL weight refit of an MoE model in bf16: pipeline stages of `stage_tp` ranks each
+    (attention column/row parallel, experts split across the stage's ranks) to `num_engines`
+    inference engines of `engine_tp` ranks (every engine a full replica, experts sharded along
+    the FFN dim). `colocated` puts the engines on the training devices, as colocated RL
+    frameworks do; otherwise they have hosts of their own."""
+    num_train = num_stages * stage_tp
+    num_infer = num_engines * engine_tp
+    if colocated and num_infer != num_train:
+        raise ValueError(f"colocated: {num_infer} engine ranks on {num_train} training ranks")
+    meshes: dict[str, Any] = {
+        f"stage{s}": {"shape": [stage_tp], "devices": list(range(s * stage_tp, (s + 1) * stage_tp))}
+        for s in range(num_stages)
+    }
+    first_infer = 0 if colocated else num_train
+    meshes["engines"] = {
+        "shape": [num_engines, engine_tp],
+        "devices": list(range(first_infer, first_infer + num_infer)),
+    }
+    num_devices = first_infer + num_infer
+    tensors: list[dict[str, Any]] = []
+
+    def add(name: str, shape: list[int], stage: int, train: str, infer: list[str]) -> None:
+        tensors.append(
+            {
+                "name": name,
+                "shape": shape,
+                "dtype": "bfloat16",
+                "src": {"mesh": f"stage{stage}", "placements": [train]},
+                "dst": {"mesh": "engines", "placements": ["R", *infer]},
+            }
+        )
+
+    add("embed", [vocab, hidden], 0, "S(0)", ["S(0)"])
+    for layer in range(num_layers):
+        stage = layer * num_stages // num_layers
+        prefix = f"layers.{layer}"
+        add(f"{prefix}.norm", [hidden], stage, "R", ["R"])
+        add(f"{prefix}.qkv", [3 * hidden, hidden], stage, "S(0)", ["S(0)"])
+        add(f"{prefix}.o", [hidden, hidden], stage, "S(1)", ["S(1)"])
+        add(f"{prefix}.router", [num_experts, hidden], stage, "R", ["R"])
+        add(f"{prefix}.experts.gate_up", [num_experts, 2 * ffn, hidden], stage, "S(0)", ["S(1)"])
+        add(f"{prefix}.experts.down", [num_experts, hidden, ffn], stage, "S(0)", ["S(2)"])
+    add("lm_head", [vocab, hidden], num_stages - 1, "S(0)", ["S(0)"])
+    return {
+        "tensors": tensors,
+        "meshes": meshes,
+        "cluster": {
+            "hosts": [
+                list(range(h, min(h + gpus_per_host, num_devices)))
+                for h in range(0, num_devices, gpus_per_host)
+            ],
+            "nic_gbps": 100,
+            "nics_per_host": 1,
+            "intra_gbps": 1600,
+            "latency_us": 5,
+            "duplex": "full",
+        },
+    }

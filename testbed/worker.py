@@ -45,10 +45,12 @@ def main(job_path: str, rank: int, out_dir: str) -> None:
             rank_job(
                 job["request"],
                 run["plan"],
-                run["mode"],
-                job["repeats"],
-                job["timeout_s"],
-                run["chunk_bytes"],
+                {
+                    "mode": run["mode"],
+                    "repeats": job["repeats"],
+                    "timeout_s": job["timeout_s"],
+                    "chunk_bytes": run["chunk_bytes"],
+                },
             )
             for run in job["runs"]
         ]

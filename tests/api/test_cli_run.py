@@ -23,9 +23,11 @@ CASE = str(CASES_DIR / "paper-1tom-2x2.json")
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("mode", ["chain", "broadcast"])
+@pytest.mark.parametrize(
+    ("mode", "extra"), [("chain", []), ("broadcast", []), ("chain", ["--out", "--strided"])]
+)
 def test_run_verifies_and_ends_with_one_json_line(
-    mode: str, capsys: pytest.CaptureFixture[str]
+    mode: str, extra: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
         [
@@ -40,6 +42,9 @@ def test_run_verifies_and_ends_with_one_json_line(
             "--json",
             "--time-limit",
             "0.5",
+            "--staging",
+            "256KiB",
+            *extra,
         ]
     )
     out = capsys.readouterr().out.strip().splitlines()
@@ -47,6 +52,12 @@ def test_run_verifies_and_ends_with_one_json_line(
     summary = json.loads(out[-1])
     assert summary["verified"] is True and summary["mismatches"] == []
     assert summary["transfers"] >= 1 and len(summary["runs_s"]) == 2 and summary["wall_s"] > 0
+    memory = summary["memory"]
+    meshes = json.loads(Path(CASE).read_text())["meshes"].values()
+    assert sorted(m["rank"] for m in memory) == sorted({d for m in meshes for d in m["devices"]})
+    for m in memory:
+        assert m["staging_bytes"] <= 256 << 10
+        assert m["peak_growth_bytes"] is not None and m["peak_growth_bytes"] > 0
 
 
 @pytest.mark.torch
@@ -64,8 +75,14 @@ def test_run_takes_a_plan_file_and_prints_every_transfer(
     out = capsys.readouterr().out
     num_transfers = len(json.loads(plan_path.read_text())["transfers"])
     assert num_transfers == 4  # one send per receiver
-    rows = [line for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert len(rows) == num_transfers
+    transfers, memory = out.split("peak growth MiB")
+
+    def rows(table: str) -> list[str]:
+        return [line for line in table.splitlines() if line.split() and line.split()[0].isdigit()]
+
+    assert len(rows(transfers)) == num_transfers
+    devices = {d for mesh in request["meshes"].values() for d in mesh["devices"]}
+    assert len(rows(memory)) == len(devices)
     assert "verified" in out
 
 
@@ -78,6 +95,8 @@ def test_run_takes_a_plan_file_and_prints_every_transfer(
         (["--max-bytes", "2GiB"], "scale it down with --max-bytes"),
         # nonsense repeat count
         (["--repeats", "0", "--max-bytes", "1MiB"], "--repeats: must be at least 1"),
+        # a staging budget too small for four aligned chunks
+        (["--staging", "16", "--max-bytes", "1MiB"], "--staging: must be at least 32 bytes"),
         # unknown algorithm
         (["--algorithm", "fastest", "--max-bytes", "1MiB"], "--algorithm"),
         # a plan made for another request

@@ -112,6 +112,50 @@ def test_reshard_moves_dtensors_across_meshes(world: LocalWorld, case: str) -> N
         )
 
 
+def _into_live_weights_job(wrong_rank: int | None) -> dict[str, Any]:
+    """Refit a (S(0)) training weight on ranks 0-3 into an engine's (R, S(1)) weight on 4-7."""
+    shape = (16, 12)
+    train = DeviceMesh("cpu", torch.arange(4))
+    engine = DeviceMesh("cpu", torch.arange(4, 8).reshape(2, 2))
+    full = reference_box("tensor", shape, "bfloat16", ((0, 16), (0, 12)))
+    rank = dist.get_rank()
+    src_placements, dst_placements = [Shard(0)], [Replicate(), Shard(1)]
+    local = (
+        _local_slice(full, train, src_placements) if rank < 4 else torch.empty(0, dtype=full.dtype)
+    )
+    x = DTensor.from_local(
+        local, train, src_placements, run_check=False, shape=full.shape, stride=full.stride()
+    )
+    live = (
+        torch.zeros(_local_slice(full, engine, dst_placements).shape, dtype=full.dtype)
+        if 4 <= rank < 8
+        else torch.empty(0, dtype=full.dtype)
+    )
+    placements = [Replicate(), Replicate()] if rank == wrong_rank else dst_placements
+    weight = DTensor.from_local(
+        live, engine, placements, run_check=False, shape=full.shape, stride=full.stride()
+    )
+    try:
+        y = dtensor.reshard(
+            x, engine, dst_placements, out=weight, cluster=CLUSTER, time_limit_s=0.3
+        )
+    except ValueError as err:
+        return {"error": str(err)}
+    expected = _local_slice(full, engine, dst_placements) if 4 <= rank < 8 else live
+    return {"same": y is weight, "in place": same_bytes(live, expected)}
+
+
+def test_reshard_into_an_existing_dtensor_writes_its_storage(world: LocalWorld) -> None:
+    for rank, result in enumerate(world.run(_into_live_weights_job, None)):
+        assert result == {"same": True, "in place": True}, (rank, result)
+
+
+def test_a_mismatched_out_on_one_rank_is_an_error_on_every_rank(world: LocalWorld) -> None:
+    results = world.run(_into_live_weights_job, 6)
+    assert all("error" in r for r in results), results
+    assert all(r["error"].startswith("rank 6: out.placements: expected") for r in results)
+
+
 def _partial_job() -> str:
     mesh = DeviceMesh("cpu", torch.tensor([0, 1]))
     other = DeviceMesh("cpu", torch.tensor([2, 3]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,14 +15,18 @@ import torch.distributed as dist  # noqa: E402
 
 from executor import MODES, Executor  # noqa: E402
 from executor.local_run import (  # noqa: E402
+    RunSettings,
+    destination_tensors,
     rank_job,
     reference_sources,
     run_plan,
     verify_received,
 )
 from executor.local_world import LocalWorld, RankFailure  # noqa: E402
+from executor.relays import fold_relays  # noqa: E402
 from planner import build_problem, parse_request  # noqa: E402
 from planner.plan import Plan  # noqa: E402
+from planner.synthetic import random_request  # noqa: E402
 from solver import SolveOptions, make_plan  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -103,7 +109,7 @@ def test_every_algorithm_is_bit_exact(world: LocalWorld, layout: str, mode: str)
     problem = build_problem(parsed)
     for name in ["sendrecv", "sendrecv-allgather", "broadcast-lb", "greedy", "milp", "auto"]:
         plan = make_plan(problem, name, SolveOptions(time_limit_s=0.5))
-        report = run_plan(world, parsed, plan, mode=mode)  # type: ignore[arg-type]
+        report = run_plan(world, parsed, plan, RunSettings(mode=mode))
         assert report.verified, (name, report.mismatches)
         assert len(report.transfers) == len(plan.transfers)
 
@@ -114,7 +120,7 @@ def test_relays_and_pipelined_chunks_are_bit_exact(world: LocalWorld, mode: str)
     plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
     assert any(t.src >= 4 for t in plan.transfers), "expected relays inside the destination host"
     # 1000-byte chunks: every chain runs many waves, relays forward while they receive
-    report = run_plan(world, parsed, plan, mode=mode, chunk_bytes=1000, repeats=2)  # type: ignore[arg-type]
+    report = run_plan(world, parsed, plan, RunSettings(mode=mode, chunk_bytes=1000, repeats=2))
     assert report.verified, report.mismatches
     assert len(report.runs_s) == 2
 
@@ -146,7 +152,7 @@ def test_long_chain_across_hosts_is_bit_exact(world: LocalWorld) -> None:
     parsed = parse_request(request)
     plan = make_plan(build_problem(parsed), "broadcast-naive", SolveOptions())
     assert len(plan.transfers) == 1 and len(plan.transfers[0].dst) == 16
-    report = run_plan(world, parsed, plan, chunk_bytes=512)
+    report = run_plan(world, parsed, plan, RunSettings(chunk_bytes=512))
     assert report.verified, report.mismatches
 
 
@@ -209,10 +215,7 @@ def test_ranks_disagreeing_fail_clearly_on_every_rank(world: LocalWorld, what: s
         (
             parsed.to_json(),
             other if rank == 5 else greedy,
-            "broadcast" if what == "mode" and rank == 5 else "chain",
-            1,
-            world.timeout_s,
-            1 << 20,
+            {"mode": "broadcast" if what == "mode" and rank == 5 else "chain"},
         )
         for rank in range(world.num_ranks)
     ]
@@ -241,24 +244,71 @@ def test_async_run_overlaps_compute(world: LocalWorld) -> None:
     assert all(world.run(_async_job, parsed.to_json(), plan.to_json()))
 
 
-def _bad_shard_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> str:
+def _bad_argument_job(request_json: dict[str, Any], plan_json: dict[str, Any], what: str) -> str:
     request, plan = parse_request(request_json), Plan.from_json(plan_json)
-    with Executor(plan, request) as executor:
-        if dist.get_rank() != 0:
-            return "ok"
+    shards = reference_sources(request)
+    out = destination_tensors(request)
+    if dist.get_rank() == 5:
+        if what == "out shape":
+            out["act"] = torch.empty(3, 3)
+        elif what == "out name":
+            out["nothing"] = torch.empty(1)
+        elif what == "source dtype":
+            shards = reference_sources(request)  # rank 5 holds no source: give it one
+            shards["act"] = torch.zeros(1, dtype=torch.float64)
+    with Executor(plan, request, timeout=timedelta(seconds=20)) as executor:
         try:
-            executor.run({"act": torch.zeros(3, 3)})
+            executor.run(shards, out)
         except ValueError as err:
             return str(err)
         return "accepted"
 
 
-def test_wrong_source_shards_are_refused_before_any_communication(world: LocalWorld) -> None:
+@pytest.mark.parametrize("what", ["out shape", "out name", "source dtype"])
+def test_a_bad_argument_on_one_rank_is_an_error_on_every_rank(world: LocalWorld, what: str) -> None:
     parsed = parse_request(BASE)
     plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
-    message = world.run(_bad_shard_job, parsed.to_json(), plan.to_json())[0]
-    assert message.startswith("source_shards")
-    assert "rank 0" in message
+    messages = world.run(_bad_argument_job, parsed.to_json(), plan.to_json(), what)
+    assert all(m.startswith("rank 5: ") for m in messages[:8]), messages[0]
+    expected = {
+        "out shape": "out['act']: expected (37, 5, 6) float32 on cpu, got (3, 3) float32 on cpu",
+        "out name": "out['nothing']: this rank receives no destination shard of it",
+        "source dtype": "source_shards['act']: this rank holds no source shard of it",
+    }[what]
+    assert expected in messages[0]
+    assert messages[8:] == ["accepted"] * (world.num_ranks - 8)  # in neither mesh: nothing to do
+
+
+def _out_job(request_json: dict[str, Any], plan_json: dict[str, Any], mode: str) -> dict[str, Any]:
+    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    shards = reference_sources(request, strided=True)
+    out = destination_tensors(request, strided=True)
+    with Executor(plan, request, mode=mode, staging_bytes=1 << 16, chunk_bytes=4096) as executor:  # type: ignore[arg-type]
+        received = executor.run(shards, out)
+        again = executor.run(shards)
+        memory = executor.memory
+    return {
+        "same objects": all(received[name] is out[name] for name in out)
+        and received.keys() == out.keys(),
+        "strided": all(
+            not t.is_contiguous()
+            for t in [*out.values(), *shards.values()]
+            if t.dim() and t.numel() > 1
+        ),
+        "exact": not verify_received(request, received) and not verify_received(request, again),
+        "allocated": all(again[name] is not out[name] for name in out),
+        "staging": memory.staging_bytes <= 1 << 16,
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bytes_land_in_the_callers_strided_tensors(world: LocalWorld, mode: str) -> None:
+    parsed = parse_request(RELAY_REQUEST)
+    for algorithm in ["greedy", "sendrecv-allgather"]:
+        plan = make_plan(build_problem(parsed), algorithm, SolveOptions())
+        results = world.run(_out_job, parsed.to_json(), plan.to_json(), mode)
+        for rank, result in enumerate(results[:8]):
+            assert all(result.values()), (algorithm, rank, result)
 
 
 def _idle_rank_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> tuple[int, int]:
@@ -275,3 +325,26 @@ def test_ranks_in_neither_mesh_only_take_part_in_set_up(world: LocalWorld) -> No
     assert world.num_ranks > 8
     assert all(steps > 0 and received > 0 for steps, received in counts[4:8])
     assert all(c == (0, 0) for c in counts[8:])
+
+
+def _drawn_request(seed: int, index: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    for _ in range(index):
+        random_request(rng, max_hosts=3)
+    return random_request(rng, max_hosts=3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_relays_too_large_for_the_staging_budget_are_folded_bit_exact(
+    world: LocalWorld, mode: str
+) -> None:
+    parsed = parse_request(_drawn_request(5, 3))  # 12 ranks, greedy relays through 7 devices
+    problem = build_problem(parsed)
+    plan = make_plan(problem, "greedy", SolveOptions())
+    assert fold_relays(problem, plan)[1], "expected relays through devices that keep nothing"
+    settings = RunSettings(mode=mode, staging_bytes=1 << 15, chunk_bytes=4096, use_out=True)  # type: ignore[arg-type]
+    report = run_plan(world, parsed, plan, settings)
+    assert report.verified, report.mismatches
+    assert all(m["folded_transfers"] > 0 for m in report.memory)
+    assert all(m["peak_relay_bytes"] == 0 for m in report.memory)
+    assert all(m["staging_bytes"] <= 1 << 15 for m in report.memory)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from executor.local_run import run_plan
+from executor.local_run import RunSettings, run_plan
 from executor.local_world import LocalWorld
 from planner import build_problem, parse_request
 from planner.dtypes import ITEMSIZE_BYTES
@@ -103,7 +103,7 @@ def test_drawn_layouts_are_bit_exact(world: LocalWorld, request: dict[str, Any],
     assert 1 + max(problem.topology.host_of) <= MAX_RANKS
     for algorithm in ["greedy", "broadcast-lb", "auto"]:
         plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=0.3))
-        report = run_plan(world, parsed, plan, mode=mode, chunk_bytes=64)  # type: ignore[arg-type]
+        report = run_plan(world, parsed, plan, RunSettings(mode=mode, chunk_bytes=64))
         assert report.verified, (algorithm, report.mismatches)
 
 
@@ -129,5 +129,5 @@ def test_paper_layouts_scaled_down_are_bit_exact(world: LocalWorld, case: str) -
     problem = build_problem(parsed)
     for algorithm, mode in [("sendrecv", "chain"), ("auto", "chain"), ("auto", "broadcast")]:
         plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=0.5))
-        report = run_plan(world, parsed, plan, mode=mode, chunk_bytes=64 << 10)  # type: ignore[arg-type]
+        report = run_plan(world, parsed, plan, RunSettings(mode=mode, chunk_bytes=64 << 10))
         assert report.verified, (algorithm, mode, report.mismatches)
