@@ -191,9 +191,15 @@ def memory_table(baseline: Path, staging: int) -> tuple[str, list[dict[str, Any]
     return markdown_table(header, rows), data
 
 
-def _wall_executor_run(tree: Path) -> dict[str, float]:
+def _wall_executor_run(tree: Path, cases: str | None) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, str(tree / "benchmarks/executor_run.py"), "--repeats", "3"],
+        [
+            sys.executable,
+            str(tree / "benchmarks/executor_run.py"),
+            "--repeats",
+            "3",
+            *(["--cases", cases] if cases else []),
+        ],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": str(tree)},
         capture_output=True,
@@ -232,7 +238,9 @@ def _wall_testbed(tree: Path, request: Path) -> dict[str, float]:
     return {f"testbed {request.stem} {r['algorithm']}": r["measured_s"] for r in results}
 
 
-def wall_table(baseline: Path, rounds: int = 2) -> tuple[str, dict[str, Any]]:
+def wall_table(
+    baseline: Path, rounds: int = 2, cases: str | None = None
+) -> tuple[str, dict[str, Any]]:
     from benchmarks.common import SHARED, geomean, markdown_table
 
     testbed_case = SHARED / "cases" / "paper-n2m-case1.json"
@@ -240,7 +248,7 @@ def wall_table(baseline: Path, rounds: int = 2) -> tuple[str, dict[str, Any]]:
     for k in range(rounds):
         for label, tree in (("baseline", baseline), ("now", HERE)):
             print(f"wall round {k + 1}/{rounds}: {label}", flush=True)
-            figures = _wall_executor_run(tree)
+            figures = _wall_executor_run(tree, cases)
             if os.geteuid() == 0:
                 figures.update(_wall_testbed(tree, testbed_case))
             for key, value in figures.items():
@@ -267,15 +275,20 @@ def main() -> None:
     parser.add_argument("--staging", type=parse_size, default=16 << 20)
     parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with")
     parser.add_argument("--wall", action="store_true", help="also wall times, both trees")
+    parser.add_argument("--rounds", type=int, default=2, help="wall rounds per tree (min kept)")
+    parser.add_argument("--cases", help="executor_run.py cases for the wall times (default all)")
+    parser.add_argument("--skip-memory", action="store_true", help="wall times only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meshcast-baseline-") as tmp:
         baseline = export_tree(args.baseline, Path(tmp))
-        memory_md, memory_data = memory_table(baseline, args.staging)
-        print(memory_md)
-        markdown = f"staging {args.staging / MIB:g} MiB, baseline {args.baseline}\n\n{memory_md}"
-        data: dict[str, Any] = {"staging_bytes": args.staging, "memory": memory_data}
+        markdown = f"staging {args.staging / MIB:g} MiB, baseline {args.baseline}"
+        data: dict[str, Any] = {"staging_bytes": args.staging}
+        if not args.skip_memory:
+            memory_md, data["memory"] = memory_table(baseline, args.staging)
+            print(memory_md)
+            markdown += f"\n\n{memory_md}"
         if args.wall:
-            wall_md, data["wall"] = wall_table(baseline)
+            wall_md, data["wall"] = wall_table(baseline, args.rounds, args.cases)
             print(wall_md)
             markdown += f"\n\n{wall_md}"
     print(f"wrote {write_results('executor_memory', markdown, data)}")

@@ -124,13 +124,16 @@ def agree(
     device: torch.device,
 ) -> None:
     """A collective over `members`: raise the same `ValueError` on every member when any of
-    them has a `problem`."""
+    them has a `problem`. When none has (every run), it costs one one-element all-reduce (on
+    gloo several times cheaper than a gather); the failing ranks are gathered only then."""
     flag = torch.tensor([1 if problem else 0], dtype=torch.int32, device=device)
+    anyone = flag.clone()
+    dist.all_reduce(anyone, op=dist.ReduceOp.MAX, group=group)
+    if not int(anyone.item()):
+        return
     flags = [torch.zeros_like(flag) for _ in members]
     dist.all_gather(flags, flag, group=group)
     failing = [m for m, f in zip(members, flags, strict=True) if int(f.item())]
-    if not failing:
-        return
     text = torch.zeros(MESSAGE_BYTES, dtype=torch.uint8, device=device)
     if rank == failing[0]:
         encoded = (problem or "").encode()[:MESSAGE_BYTES]

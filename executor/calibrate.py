@@ -102,7 +102,7 @@ def calibrate(
 
         def chained() -> None:  # then the last host answers rank 0
             if rank in entries:
-                transport.chain(pool, lengths, parent, children, group)
+                transport.chain(transport.Chunks(pool, lengths), parent, children, group)
             _send_and_ack(last, 0, tiny, tiny)
 
         hops = len(entries) - 1

@@ -64,6 +64,25 @@ class LocalTensors:
         for ref in step.release:
             del self.relays[ref]
 
+    def direct(self, step: RankStep, k: int) -> torch.Tensor | None:
+        """Chunk `k` of `step`'s message as a view of this rank's own bytes, when it lies in
+        one piece whose only segment is the whole piece, held in one contiguous local view:
+        then it is sent from, or received straight into, that view (no staging copy)."""
+        message = step.message
+        lo = k * message.chunk_bytes
+        hi = lo + message.chunk_length(k)
+        piece = message.piece_at(lo)
+        if piece is None or hi > message.pieces[piece].offset + message.pieces[piece].num_bytes:
+            return None
+        segments = step.segments[piece]
+        whole = message.pieces[piece]
+        if len(segments) != 1 or segments[0].box != whole.box:
+            return None
+        local = self.view(segments[0].kind, segments[0].ref, whole.box)
+        if not local.is_contiguous() or local.dim() == 0:
+            return None
+        return local.reshape(-1).view(torch.uint8)[lo - whole.offset : hi - whole.offset]
+
     def copy_chunk(self, step: RankStep, k: int, data: torch.Tensor, to_wire: bool) -> None:
         """Pack chunk `k` of `step`'s message into `data` (`to_wire`) or unpack it from there."""
         message = step.message

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Literal
 
 import torch
@@ -284,6 +285,7 @@ class Executor:
         message = step.message
         lengths = [message.chunk_length(k) for k in range(message.num_chunks)]
         assert self._pool is not None
+        chunks = transport.Chunks(self._pool, lengths, partial(tensors.direct, step))
         fill = drain = None
         if step.is_sender:
 
@@ -296,11 +298,9 @@ class Executor:
 
         if self.mode == "broadcast" and step.participants in self._groups:
             group = self._groups[step.participants]
-            transport.broadcast(self._pool, lengths, step.src, group, fill, drain)
+            transport.broadcast(chunks, step.src, group, fill, drain)
         else:
-            transport.chain(
-                self._pool, lengths, step.parent, step.children, self._group, fill, drain
-            )
+            transport.chain(chunks, step.parent, step.children, self._group, fill, drain)
 
     def run(self, source_shards: Shards, out: Shards | None = None) -> dict[str, torch.Tensor]:
         """Move the data; return this rank's destination shard of every tensor whose

@@ -28,6 +28,8 @@ CHUNK_BYTES = 4 << 20
 MIN_SLOTS = 4
 
 ChunkFunction = Callable[[int, torch.Tensor], None]
+#: chunk k's bytes where they already are (sent from or received into in place), else None
+DirectFunction = Callable[[int], torch.Tensor | None]
 
 
 class StagingPool:
@@ -57,18 +59,41 @@ def _posted(work: dist.Work | None) -> dist.Work:
     return work
 
 
+class Chunks:
+    """Where the chunks of one message are: each in its staging slot, or (`direct`) already
+    in place in the caller's tensors."""
+
+    def __init__(
+        self, pool: StagingPool, lengths: Sequence[int], direct: DirectFunction | None = None
+    ) -> None:
+        self.pool, self.lengths = pool, lengths
+        self._direct = [direct(k) for k in range(len(lengths))] if direct else []
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def staged(self, k: int) -> bool:
+        return not self._direct or self._direct[k] is None
+
+    def buffer(self, k: int) -> torch.Tensor:
+        if self.staged(k):
+            return self.pool.slot(k, self.lengths[k])
+        direct = self._direct[k]
+        assert direct is not None
+        return direct
+
+
 def chain(
-    pool: StagingPool,
-    lengths: Sequence[int],
+    chunks: Chunks,
     parent: int | None,
     children: Sequence[int],
     group: dist.ProcessGroup,
     fill: ChunkFunction | None = None,
     drain: ChunkFunction | None = None,
 ) -> None:
-    """Send (no `parent`: `fill` packs each chunk) or receive (`drain` unpacks each chunk) a
-    message of chunks of `lengths` bytes, forwarding every chunk to `children` from its slot."""
-    num_chunks, num_slots = len(lengths), pool.num_slots
+    """Send (no `parent`: `fill` packs each staged chunk) or receive (`drain` unpacks each
+    staged chunk) a message, forwarding every chunk to `children` from where it landed."""
+    num_chunks, num_slots = len(chunks), chunks.pool.num_slots
     sends: dict[int, list[dist.Work]] = {}
 
     def send(k: int, data: torch.Tensor) -> None:
@@ -77,20 +102,20 @@ def chain(
     if parent is None:
         for k in range(num_chunks):
             _wait(sends.pop(k - num_slots, []))  # the slot's previous chunk has left
-            data = pool.slot(k, lengths[k])
-            if fill is not None:
+            data = chunks.buffer(k)
+            if fill is not None and chunks.staged(k):
                 fill(k, data)
             send(k, data)
     else:
 
         def receive(k: int) -> dist.Work:
-            return _posted(dist.irecv(pool.slot(k, lengths[k]), parent, group=group))
+            return _posted(dist.irecv(chunks.buffer(k), parent, group=group))
 
         receives = {k: receive(k) for k in range(min(num_slots, num_chunks))}
         for k in range(num_chunks):
             receives.pop(k).wait()
-            data = pool.slot(k, lengths[k])
-            if drain is not None:
+            data = chunks.buffer(k)
+            if drain is not None and chunks.staged(k):
                 drain(k, data)
             if children:
                 send(k, data)
@@ -105,28 +130,28 @@ def chain(
 
 
 def broadcast(
-    pool: StagingPool,
-    lengths: Sequence[int],
+    chunks: Chunks,
     src: int,
     group: dist.ProcessGroup,
     fill: ChunkFunction | None = None,
     drain: ChunkFunction | None = None,
 ) -> None:
     """`dist.broadcast` of every chunk from global rank `src` to the members of `group`, up to
-    one chunk per slot in flight: the sender `fill`s, the others `drain`."""
+    one chunk per slot in flight: the sender `fill`s staged chunks, the others `drain` them."""
     sender = dist.get_rank() == src
     pending: dict[int, dist.Work] = {}
+    num_slots = chunks.pool.num_slots
 
     def finish(k: int) -> None:
         pending.pop(k).wait()
-        if not sender and drain is not None:
-            drain(k, pool.slot(k, lengths[k]))
+        if not sender and drain is not None and chunks.staged(k):
+            drain(k, chunks.buffer(k))
 
-    for k, length in enumerate(lengths):
-        if k - pool.num_slots in pending:
-            finish(k - pool.num_slots)
-        data = pool.slot(k, length)
-        if sender and fill is not None:
+    for k in range(len(chunks)):
+        if k - num_slots in pending:
+            finish(k - num_slots)
+        data = chunks.buffer(k)
+        if sender and fill is not None and chunks.staged(k):
             fill(k, data)
         pending[k] = _posted(dist.broadcast(data, src=src, group=group, async_op=True))
     for k in sorted(pending):

@@ -105,6 +105,13 @@ class Message:
     def chunk_length(self, k: int) -> int:
         return min(self.chunk_bytes, self.num_bytes - k * self.chunk_bytes)
 
+    def piece_at(self, offset: int) -> int | None:
+        """The piece whose bytes include byte `offset` of the message (None in padding)."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i < 0 or offset >= self.pieces[i].offset + self.pieces[i].num_bytes:
+            return None
+        return i
+
     def runs(self, k: int) -> Iterator[Run]:
         """The contiguous runs of chunk `k`, in order."""
         lo = k * self.chunk_bytes
