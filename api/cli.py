@@ -22,15 +22,16 @@ from api.cli_testbed import add_testbed_parsers
 from planner import PlanFormatError, RequestError
 from planner.plan import Plan
 from planner.problem import Problem
-from planner.simulate import check_plan, simulate
+from planner.simulate import simulate
+from planner.summary import summarize
 from solver import ALGORITHMS, SolveOptions, make_plan, resolve
 
 
-def _summary(plan: Plan, wire_bytes: int) -> str:
+def _summary(plan: Plan) -> str:
     lines = [
-        f"algorithm     {plan.algorithm} ({plan.status})",
+        f"algorithm     {plan.algorithm} ({plan.status.value})",
         f"transfers     {len(plan.transfers)}",
-        f"bytes on wire {wire_bytes / 2**20:,.1f} MiB",
+        f"bytes on wire {(plan.wire_bytes or 0) / 2**20:,.1f} MiB",
         f"makespan      {plan.makespan_s * 1e3:.4f} ms",
         f"lower bound   {plan.lower_bound_s * 1e3:.4f} ms",
         f"ratio         {plan.ratio:.4f}",
@@ -77,7 +78,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     plan = _plan_maybe_remote(problem, algorithm, options, args.server)
-    print(_summary(plan, simulate(problem, plan.transfers).wire_bytes))
+    if plan.wire_bytes is None:  # a service's plan from before plans carried it
+        plan = replace(plan, wire_bytes=simulate(problem, plan.transfers).wire_bytes)
+    print(_summary(plan))
     if args.output:
         Path(args.output).write_text(json.dumps(plan.to_json(), indent=1))
         print(f"plan written to {args.output}")
@@ -111,11 +114,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for name in names:
-        plan = make_plan(problem, name, options)
-        wire = simulate(problem, plan.transfers).wire_bytes
+        row = summarize(problem, make_plan(problem, name, options), check=False)
         print(
-            f"{name:<20} {len(plan.transfers):>9} {wire / 2**20:>10,.1f} "
-            f"{plan.makespan_s * 1e3:>12.4f} {plan.ratio:>7.3f} {plan.solve_time_s:>8.3f}",
+            f"{name:<20} {row['transfers']:>9} {row['wire_bytes'] / 2**20:>10,.1f} "
+            f"{row['makespan_s'] * 1e3:>12.4f} {row['ratio']:>7.3f} {row['solve_time_s']:>8.3f}",
             flush=True,
         )
     return 0
@@ -127,19 +129,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         plan = Plan.from_json(read_json(args.plan, "plan"))
     except PlanFormatError as err:
         raise UsageError(f"invalid plan {args.plan!r}: {err}") from None
-    sim = check_plan(problem, plan)
-    checked = replace(plan, makespan_s=sim.makespan_s, lower_bound_s=problem.lower_bound_s)
-    verdict = {
-        "valid": sim.valid,
-        "errors": sim.errors[:20],
-        "transfers": len(plan.transfers),
-        "makespan_s": sim.makespan_s,
-        "lower_bound_s": problem.lower_bound_s,
-        "ratio": checked.ratio,
-        "wire_bytes": sim.wire_bytes,
-    }
+    verdict = summarize(problem, plan)
     print(json.dumps(verdict, indent=1))
-    return 0 if sim.valid else 1
+    return 0 if verdict["valid"] else 1
 
 
 def cmd_bound(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from planner import RequestError, build_problem, parse_request
 from planner.problem import Problem
+from planner.request import MAX_TIME_LIMIT_S
 from solver import SolveOptions, resolve
 
 
@@ -37,8 +38,8 @@ def load_problem(path: str) -> Problem:
 def solve_options(problem: Problem, args: argparse.Namespace) -> SolveOptions:
     defaults = problem.request.options
     limit = args.time_limit if args.time_limit is not None else defaults.time_limit_s
-    if not 0 < limit <= 3600:
-        raise UsageError(f"--time-limit: must be in (0, 3600] seconds, got {limit}")
+    if not 0 < limit <= MAX_TIME_LIMIT_S:
+        raise UsageError(f"--time-limit: must be in (0, {MAX_TIME_LIMIT_S:g}] seconds, got {limit}")
     seed = args.seed if args.seed is not None else defaults.seed
     return SolveOptions(time_limit_s=limit, seed=seed)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from api.cli_common import UsageError, load_problem
-from pipeline.boundaries import boundary_timing
+from pipeline.boundaries import boundary_timing, plan_boundaries
 from pipeline.render import write_gantt, write_trace
 from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
@@ -33,8 +33,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
         requests = [load_problem(path).request for path in args.boundary]
         print(f"planning {2 * len(requests)} boundary transfers", file=sys.stderr)
+        plans = plan_boundaries(requests, plan_request)
         timing, _ = boundary_timing(
-            [args.forward_ms / 1e3] * n, [args.backward_ms / 1e3] * n, requests, plan_request
+            [args.forward_ms / 1e3] * n, [args.backward_ms / 1e3] * n, plans
         )
     else:
         timing = Timing.uniform(

@@ -21,7 +21,7 @@ from api.cache import PlanCache
 from api.metrics import Metrics
 from planner import build_problem, parse_request
 from planner.request import Request
-from planner.simulate import simulate
+from planner.summary import summarize
 from solver import ALGORITHMS, SolveOptions, make_plan, plan_request
 
 #: seconds between looks at the cache while another process solves
@@ -48,22 +48,9 @@ def compare_request(request_json: dict[str, Any]) -> list[dict[str, Any]]:
     request = parse_request(request_json)
     problem = build_problem(request)
     options = SolveOptions(request.options.time_limit_s, request.options.seed)
-    rows = []
-    for name in ALGORITHMS:
-        plan = make_plan(problem, name, options)
-        rows.append(
-            {
-                "algorithm": name,
-                "status": plan.status,
-                "transfers": len(plan.transfers),
-                "wire_bytes": simulate(problem, plan.transfers).wire_bytes,
-                "makespan_s": plan.makespan_s,
-                "lower_bound_s": plan.lower_bound_s,
-                "ratio": plan.ratio,
-                "solve_time_s": plan.solve_time_s,
-            }
-        )
-    return rows
+    return [
+        summarize(problem, make_plan(problem, name, options), check=False) for name in ALGORITHMS
+    ]
 
 
 def _warm() -> int:

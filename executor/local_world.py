@@ -61,15 +61,18 @@ def _serve(rank: int, num_ranks: int, port: int, timeout_s: float, inbox: Any, o
 @contextmanager
 def _ctrl_c_left_to_parent() -> Iterator[None]:
     """Start processes with SIGINT ignored (they inherit it, also while importing torch): on
-    Ctrl-C only the parent gets KeyboardInterrupt, and it stops the ranks itself."""
+    Ctrl-C only the parent gets KeyboardInterrupt, and it stops the ranks itself. Meanwhile
+    the parent holds SIGINT blocked, so a Ctrl-C during the start waits and is not lost."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one lands now
 
 
 class LocalWorld:

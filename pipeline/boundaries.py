@@ -27,23 +27,27 @@ def reversed_request(request: Request) -> Request:
 def boundary_timing(
     forward_s: Sequence[float],
     backward_s: Sequence[float],
-    boundaries: Sequence[Request],
-    plan: Callable[[Request], Plan],
+    plans: Sequence[tuple[Plan, Plan]],
 ) -> tuple[Timing, list[dict[str, Any]]]:
-    """Timing with every boundary's activation and gradient plan makespans, and a summary of
-    those plans."""
-    activation, gradient, summary = [], [], []
-    for k, request in enumerate(boundaries):
-        forward_plan, backward_plan = plan(request), plan(reversed_request(request))
-        activation.append(forward_plan.makespan_s)
-        gradient.append(backward_plan.makespan_s)
-        summary.append(
-            {
-                "boundary": k,
-                "activation_s": forward_plan.makespan_s,
-                "gradient_s": backward_plan.makespan_s,
-                "activation_request_id": forward_plan.request_id,
-                "gradient_request_id": backward_plan.request_id,
-            }
-        )
+    """Timing with every boundary's activation and gradient plan makespans (`plans`: per
+    boundary, the plan of its request and of `reversed_request`), and a summary of them."""
+    summary = [
+        {
+            "boundary": k,
+            "activation_s": ahead.makespan_s,
+            "gradient_s": back.makespan_s,
+            "activation_request_id": ahead.request_id,
+            "gradient_request_id": back.request_id,
+        }
+        for k, (ahead, back) in enumerate(plans)
+    ]
+    activation = [ahead.makespan_s for ahead, _ in plans]
+    gradient = [back.makespan_s for _, back in plans]
     return Timing(list(forward_s), list(backward_s), activation, gradient), summary
+
+
+def plan_boundaries(
+    boundaries: Sequence[Request], plan: Callable[[Request], Plan]
+) -> list[tuple[Plan, Plan]]:
+    """Each boundary's activation plan and gradient plan."""
+    return [(plan(request), plan(reversed_request(request))) for request in boundaries]

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 from planner.errors import PlanFormatError
 from planner.mesh import Box
 
 PLAN_FORMAT = "meshcast.plan/v1"
+
+
+class SolveStatus(str, Enum):
+    """What an algorithm knows about its plan."""
+
+    #: no shorter plan exists (over the routes the algorithm models, or under the lower bound)
+    OPTIMAL = "optimal"
+    #: an optimizing solver's plan, not proven optimal (its bound is in `best_bound_s`)
+    FEASIBLE = "feasible"
+    #: a heuristic's plan: nothing proven
+    HEURISTIC = "heuristic"
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,14 @@ class Plan:
     makespan_s: float = 0.0
     lower_bound_s: float = 0.0
     solve_time_s: float = 0.0
-    #: "optimal", "feasible" or "heuristic"
-    status: str = "heuristic"
+    status: SolveStatus = SolveStatus.HEURISTIC
     #: a proven bound on the best makespan, when the algorithm proves one
     best_bound_s: float | None = None
+    #: bytes sent between hosts (a chain over k receiving hosts sends its bytes k times)
+    wire_bytes: int | None = None
+    #: seconds each port (by number) is held: what the planner's simulation found (not part
+    #: of the JSON document)
+    port_busy_s: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def ratio(self) -> float:
@@ -74,7 +90,7 @@ class Plan:
             "format": PLAN_FORMAT,
             "request_id": self.request_id,
             "algorithm": self.algorithm,
-            "status": self.status,
+            "status": self.status.value,
             "makespan_s": self.makespan_s,
             "lower_bound_s": self.lower_bound_s,
             "solve_time_s": self.solve_time_s,
@@ -82,6 +98,8 @@ class Plan:
         if self.best_bound_s is not None:
             out["best_bound_s"] = self.best_bound_s
             out["gap"] = self.gap
+        if self.wire_bytes is not None:
+            out["wire_bytes"] = self.wire_bytes
         out["transfers"] = [
             {
                 "id": i,
@@ -109,6 +127,7 @@ class Plan:
             raise PlanFormatError("transfers", f"expected a list, got {type(raw).__name__}")
         transfers = tuple(_parse_transfer(f"transfers[{i}]", t) for i, t in enumerate(raw))
         best = data.get("best_bound_s")
+        wire = data.get("wire_bytes")
         return cls(
             request_id=str(data.get("request_id", "")),
             algorithm=str(data.get("algorithm", "")),
@@ -116,9 +135,18 @@ class Plan:
             makespan_s=_number("makespan_s", data.get("makespan_s", 0.0)),
             lower_bound_s=_number("lower_bound_s", data.get("lower_bound_s", 0.0)),
             solve_time_s=_number("solve_time_s", data.get("solve_time_s", 0.0)),
-            status=str(data.get("status", "heuristic")),
+            status=_status(data.get("status", SolveStatus.HEURISTIC.value)),
             best_bound_s=None if best is None else _number("best_bound_s", best),
+            wire_bytes=None if wire is None else _integer("wire_bytes", wire),
         )
+
+
+def _status(value: Any) -> SolveStatus:
+    try:
+        return SolveStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in SolveStatus)
+        raise PlanFormatError("status", f"expected one of {known}, got {value!r}") from None
 
 
 def _number(where: str, value: Any) -> float:

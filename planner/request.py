@@ -2,7 +2,8 @@
 
 The JSON shape is checked by pydantic models; the cross-references (meshes, hosts, placements)
 are checked here with messages that name the field and the value. The result is a frozen
-`Request` of plain tuples, hashable and canonical.
+`Request` of plain values, canonical: `request_id` (the sha256 of its canonical JSON) is what
+caches and fingerprints key on.
 """
 
 from __future__ import annotations

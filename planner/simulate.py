@@ -1,7 +1,10 @@
 """The port-v1 list schedule of a plan, and its validity (DESIGN §2, §3).
 
-`PortClock` is the one recurrence every scheduler in meshcast uses: a transfer starts when all
-its ports are free and its data has arrived at its sender, and holds its ports until it ends.
+`PortClock` is port-v1's list-schedule recurrence: a transfer starts when all its ports are
+free and its data has arrived at its sender, and holds its ports until it ends. The simulator
+and `solver.order.in_order` use it; the schedulers that search orders apply the same rule to
+their own arrays for speed (`solver.order.earliest_start` vectorised, `solver.search` with
+undo, CP-SAT's hint in integer time units), and every plan's times come from `simulate`.
 `simulate` walks a plan in order, finds when each piece became available at its sender from
 the geometry of earlier deliveries, and reports every validity error it meets.
 """
@@ -47,6 +50,8 @@ class Simulation:
     makespan_s: float
     wire_bytes: int
     errors: list[str] = field(default_factory=list)
+    #: seconds each port (by number, `Topology.port_name`) is held, over the whole plan
+    port_busy_s: list[float] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -63,6 +68,7 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
     errors: list[str] = []
     makespan = 0.0
     wire_bytes = 0
+    busy = [0.0] * topo.num_ports
     for k, tr in enumerate(transfers):
         where = f"transfer {k}"
         problem_here = _transfer_problem(problem, tr, known)
@@ -86,6 +92,8 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
         duration, ports = transfer_cost(topo, num_bytes, tr.src, tr.dst)
         start, end = clock.place(duration, ports, ready)
         times.append((start, end))
+        for p in ports:
+            busy[p] += duration
         makespan = max(makespan, end)
         for piece in tr.pieces:
             for d in tr.dst:
@@ -96,7 +104,7 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
         remote = {topo.host_of[d] for d in tr.dst} - {topo.host_of[tr.src]}
         wire_bytes += num_bytes * len(remote)
     errors.extend(_coverage_errors(problem, held))
-    return Simulation(times, makespan, wire_bytes, errors)
+    return Simulation(times, makespan, wire_bytes, errors, busy)
 
 
 def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> str | None:

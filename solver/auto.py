@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from planner.plan import SolveStatus
 from planner.problem import Problem
+from solver.backends import MissingBackend, backend
 from solver.base import SolveOptions, SolveResult
 from solver.components import Component, components, replay
-from solver.cpsat import cpsat_routing, jobs_with_hint
 from solver.greedy import greedy, greedy_routing
 from solver.items import Item, coalesce
-from solver.milp import milp_routing
+from solver.jobs import jobs_with_hint
 from solver.moves import MoveList
 from solver.order import best_schedule, in_order, port_loads, randomized_search
 from solver.recipes import Job
@@ -56,8 +57,9 @@ class _Found:
 
     routing: Routing | None
     algorithm: str = "greedy"
-    status: str = "heuristic"
+    status: SolveStatus = SolveStatus.HEURISTIC
     bound_s: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _solve_component(
@@ -83,16 +85,27 @@ def _solve_component(
         if greedy_s <= busiest * (1 + 1e-9):
             # no job has an alternative route and the busiest port never idles: no schedule
             # of these routes is shorter
-            found.status, found.bound_s = "optimal", busiest
+            found.status, found.bound_s = SolveStatus.OPTIMAL, busiest
             return found
     intervals = sum(len(r.moves) for job in jobs for r in job.recipes)
     columns = sum(len(job.recipes) for job in jobs)
-    if intervals <= MAX_CP_INTERVALS:
-        options = SolveOptions(time_limit_s=time_limit_s * SOLVER_SHARE["cpsat"], seed=seed)
-        routing, algorithm = cpsat_routing(problem, items, jobs, options), "cpsat"
-    elif columns <= MAX_MILP_COLUMNS:
-        options = SolveOptions(time_limit_s=time_limit_s * SOLVER_SHARE["milp"], seed=seed)
-        routing, algorithm = milp_routing(problem, items, jobs, options), "milp"
+    fitting = [
+        algorithm
+        for algorithm, fits in (
+            ("cpsat", intervals <= MAX_CP_INTERVALS),
+            ("milp", columns <= MAX_MILP_COLUMNS),
+        )
+        if fits
+    ]
+    for algorithm in fitting:  # the first whose package is installed
+        try:
+            route = backend(f"{algorithm}_routing")
+        except MissingBackend as missing:
+            found.notes.append(str(missing))
+            continue
+        options = SolveOptions(time_limit_s=time_limit_s * SOLVER_SHARE[algorithm], seed=seed)
+        routing = route(problem, items, jobs, options)
+        break
     else:
         return found
     if _makespan_s(problem, items, routing) <= greedy_s:  # a tie brings the solver's proof
@@ -122,13 +135,14 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
         solved[sig] = _solve_component(problem, comp_items, share, options.seed, whole)
     notes = [
         f"{len(comps)} component(s), {len(distinct)} distinct; "
-        + ", ".join(sorted({f.algorithm for f in solved.values()}))
+        + ", ".join(sorted({f.algorithm for f in solved.values()})),
+        *sorted({note for f in solved.values() for note in f.notes}),
     ]
     statuses = {f.status for f in solved.values()}
     single = next(iter(solved.values())) if len(solved) == 1 else None
     if single is not None and single.routing is None:  # the whole request, greedy kept
         baseline.notes += notes
-        if single.status == "optimal":
+        if single.status == SolveStatus.OPTIMAL:
             baseline.status, baseline.best_bound_s = single.status, single.bound_s
         return baseline
     moves = MoveList(problem)
@@ -162,11 +176,11 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
         baseline.notes += [*notes, "greedy plan kept"]
         return baseline
     status = (
-        "optimal"
-        if statuses == {"optimal"}
-        else "feasible"
-        if "feasible" in statuses
-        else "heuristic"
+        SolveStatus.OPTIMAL
+        if statuses == {SolveStatus.OPTIMAL}
+        else SolveStatus.FEASIBLE
+        if SolveStatus.FEASIBLE in statuses
+        else SolveStatus.HEURISTIC
     )
     bound = single.bound_s if single is not None else None
     return SolveResult(moves.moves, schedule.order, status, bound, notes)

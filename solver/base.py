@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.moves import Move
 
@@ -23,13 +24,13 @@ class SolveOptions:
 class SolveResult:
     """Moves in execution order, with what the algorithm proved about them.
 
-    `status` is "optimal" or "feasible" for the optimizing solvers, "heuristic" otherwise;
+    `status` is optimal or feasible for the optimizing solvers, heuristic otherwise;
     `best_bound_s` is a proven lower bound on the best makespan when the solver has one.
     """
 
     moves: Sequence[Move]
     order: Sequence[int]
-    status: str = "heuristic"
+    status: SolveStatus = SolveStatus.HEURISTIC
     best_bound_s: float | None = None
     notes: list[str] = field(default_factory=list)
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
-from solver.greedy import route_all
 from solver.items import Item, coalesce
+from solver.jobs import jobs_with_hint
 from solver.moves import MoveList
 from solver.order import best_schedule
-from solver.recipes import Job, item_jobs
+from solver.recipes import Job
 from solver.routing import Routing, realize, to_result
 
 #: time resolution: the sum of rounding over a whole plan stays below this share of the bound
@@ -150,21 +151,11 @@ def cpsat_routing(
                 start = solver.value(built.starts[(j, picked[j], m)])
                 keyed.append((start, len(jobs[j].recipes[picked[j]].moves[m].deps), i))
     routing.order = [i for _, _, i in sorted(keyed)]
-    routing.status = "optimal" if status == cp_model.OPTIMAL else "feasible"
+    routing.status = SolveStatus.OPTIMAL if status == cp_model.OPTIMAL else SolveStatus.FEASIBLE
     routing.best_bound_s = max(
         problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s
     )
     return routing
-
-
-def jobs_with_hint(problem: Problem, items: Sequence[Item]) -> list[Job]:
-    """Every job's alternatives, the greedy router's recipe first."""
-    jobs: list[Job] = []
-    for i, (item, routed) in enumerate(zip(items, route_all(problem, items), strict=True)):
-        for job, hint in zip(item_jobs(problem, i, item), routed, strict=True):
-            others = tuple(r for r in job.recipes if r != hint)
-            jobs.append(Job(i, (hint, *others)))
-    return jobs
 
 
 def cpsat(problem: Problem, options: SolveOptions) -> SolveResult:

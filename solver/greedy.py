@@ -25,24 +25,11 @@ from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
 from solver.items import Item, bundle, coalesce
-from solver.recipes import (
-    SPLIT_PARTS,
-    MoveSpec,
-    Recipe,
-    delivery_recipe,
-    entry_options,
-    local_recipes,
-    needers_by_host,
-    relay_styles,
-    senders,
-)
+from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs
 from solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
-#: the greedy tries splits only for items that alone keep a rail busy this share of the bound
-#: (smaller items are balanced by the choice of sender and rail; their splits cost latency)
-GREEDY_SPLIT_SHARE = 0.5
 #: routing passes after the first, and the item count above which they are skipped
 REROUTE_PASSES = 2
 REROUTE_MAX_ITEMS = 2000
@@ -51,13 +38,25 @@ BUNDLE_LATENCIES = 40.0
 
 
 class Router:
-    """Chooses one recipe per job of every item, booking its work on the ports."""
+    """Chooses one recipe per job of every item, booking its work on the ports.
+
+    The recipes are `solver.recipes.item_jobs`'s, enumerated narrowly with the router's
+    ranking (least-loaded send and receive rails first); the router's heuristics are scores
+    over them (`best`, and `SPLIT_GAIN` for splits)."""
 
     def __init__(self, problem: Problem, per_host: bool = False) -> None:
         self.problem = problem
-        self.per_host = per_host
         self.topo = problem.topology
         self.load = np.zeros(self.topo.num_ports)
+        self.breadth = Breadth(narrow=True, per_host=per_host)
+        self.ranking = Ranking(self._sender_load, self._entry_load)
+
+    def _sender_load(self, device: int) -> float:
+        topo = self.topo
+        return float(self.load[topo.send_port(topo.host_of[device], topo.rail_of[device])])
+
+    def _entry_load(self, host: int, device: int) -> float:
+        return float(self.load[self.topo.recv_port(host, self.topo.rail_of[device])])
 
     def finish_s(self, specs: Sequence[MoveSpec]) -> float:
         """When the moves would end if booked now, one after the other."""
@@ -94,85 +93,28 @@ class Router:
 
         return min(recipes, key=key)
 
-    def route(self, index: int, item: Item) -> list[Recipe]:
-        """One recipe per job of the item (local hosts in order, then the remote hosts)."""
-        holder_hosts = {self.topo.host_of[s] for s in item.holders}
-        needers_on = needers_by_host(self.problem, item.needers)
-        chosen = [
-            self.book(self.best(local_recipes(self.problem, index, item, h)))
-            for h in needers_on
-            if h in holder_hosts
-        ]
-        remote = {h: ds for h, ds in needers_on.items() if h not in holder_hosts}
-        if remote:
-            chosen.append(self.book(self._remote(index, item, remote)))
+    def choose(self, job: Job) -> Recipe:
+        """The best unsplit recipe; a split one only when it finishes the item
+        `SPLIT_GAIN` sooner."""
+        unsplit = [r for r in job.recipes if r.num_parts == 1]
+        chosen = self.best(unsplit)
+        splits = [r for r in job.recipes if r.num_parts > 1]
+        if splits:
+            split = self.best([chosen, *splits])
+            if self.finish_s(split.moves) < self.finish_s(chosen.moves) * SPLIT_GAIN:
+                return split
         return chosen
 
-    def _senders(self, item: Item) -> list[int]:
-        topo = self.topo
-        return sorted(
-            senders(self.problem, item),
-            key=lambda s: self.load[topo.send_port(topo.host_of[s], topo.rail_of[s])],
-        )
-
-    def _entries(self, host: int, needers: list[int]) -> list[int]:
-        """Entry devices of `host`, least-loaded receive rail first (needers before relays)."""
-        topo = self.topo
-        options = entry_options(self.problem, host, needers)
-        return sorted(
-            options,
-            key=lambda d: (self.load[topo.recv_port(host, topo.rail_of[d])], d not in needers),
-        )
-
-    def _remote(self, index: int, item: Item, remote: dict[int, list[int]]) -> Recipe:
-        problem = self.problem
-        sources = self._senders(item)
-        entries = {h: self._entries(h, ds) for h, ds in remote.items()}
-        styles = relay_styles(problem, remote, item)
-        direct = {h: next(d for d in e if d in remote[h]) for h, e in entries.items()}
-        least = {h: e[0] for h, e in entries.items()}
-        # one needer per host: enter through it (a relay would only add a hop); else through
-        # the least-loaded rail, which relays to the rest
-        single = all(len(ds) == 1 for ds in remote.values())
-        layouts = [direct] if single else [least]
-        candidates = [
-            delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout)
-            for s in sources
-            for relay, fanout in styles
-            for layout in (layouts if relay else [direct])
-        ]
-        if self.per_host and len(remote) > 1:  # a move per host, least-loaded senders in turn
-            candidates += [
-                delivery_recipe(
-                    problem, index, item, remote, sources, [layout], 1, relay, fanout, True
-                )
-                for relay, fanout in styles
-                for layout in (layouts if relay else [direct])
-            ]
-        best = self.best(candidates)
-        if item.num_bytes / self.topo.nic_bytes_per_s < GREEDY_SPLIT_SHARE * problem.lower_bound_s:
-            return best
-        width = max(len(sources), min(len(e) for e in entries.values()))
-        splits = []
-        for parts in SPLIT_PARTS:
-            if parts > width:
-                break
-            layouts = [{h: e[j % len(e)] for h, e in entries.items()} for j in range(parts)]
-            for _, fanout in styles:
-                splits.append(
-                    delivery_recipe(
-                        problem, index, item, remote, sources, layouts, parts, True, fanout
-                    )
-                )
-        split = self.best([best, *splits])
-        if self.finish_s(split.moves) < self.finish_s(best.moves) * SPLIT_GAIN:
-            return split
-        return best
+    def route(self, index: int, item: Item) -> list[tuple[Job, Recipe]]:
+        """Each job of the item (local hosts in order, then the remote hosts) with the recipe
+        chosen for it, booked."""
+        jobs = item_jobs(self.problem, index, item, self.ranking, self.breadth)
+        return [(job, self.book(self.choose(job))) for job in jobs]
 
 
 def route_all(
     problem: Problem, items: Sequence[Item], per_host: bool = False
-) -> list[list[Recipe]]:
+) -> list[list[tuple[Job, Recipe]]]:
     """The greedy's recipe for every job of every item.
 
     After the first pass every item is routed again against the load of all the others (its
@@ -185,10 +127,10 @@ def route_all(
     for _ in range(passes):
         changed = False
         for i, item in enumerate(items):
-            for recipe in chosen[i]:
+            for _, recipe in chosen[i]:
                 router.book(recipe, sign=-1.0)
             again = router.route(i, item)
-            changed |= again != chosen[i]
+            changed |= [r for _, r in again] != [r for _, r in chosen[i]]
             chosen[i] = again
         if not changed:
             break
@@ -198,7 +140,7 @@ def route_all(
 def greedy_routing(problem: Problem, items: Sequence[Item], per_host: bool = False) -> Routing:
     """The router's recipes as a routing (each item whole on its recipe)."""
     return Routing(
-        [[(r, 1.0)] for per_item in route_all(problem, items, per_host) for r in per_item]
+        [[(r, 1.0)] for per_item in route_all(problem, items, per_host) for _, r in per_item]
     )
 
 

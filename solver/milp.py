@@ -20,10 +20,11 @@ from collections.abc import Sequence
 
 import pulp
 
+from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
-from solver.cpsat import jobs_with_hint
 from solver.items import Item, coalesce
+from solver.jobs import jobs_with_hint
 from solver.recipes import Job
 from solver.routing import Routing, Share, to_result
 
@@ -117,7 +118,7 @@ def milp_routing(
         shares.append(kept or [(job.recipes[0], 1.0)])  # no usable value: the hint recipe
     best_bound = None if bound is None else max(problem.lower_bound_s, float(bound))
     notes = [f"milp: {pulp.LpStatus[lp.status]}"]
-    return Routing(shares, status="feasible", best_bound_s=best_bound, notes=notes)
+    return Routing(shares, status=SolveStatus.FEASIBLE, best_bound_s=best_bound, notes=notes)
 
 
 def milp(problem: Problem, options: SolveOptions) -> SolveResult:

@@ -12,7 +12,7 @@ parts from several holders over several rails and all-gather them inside each re
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from planner.cost import transfer_cost
@@ -50,12 +50,18 @@ class Recipe:
     moves: tuple[MoveSpec, ...]
 
 
+#: the key of an item's remote job (local jobs are keyed by their host)
+REMOTE = -1
+
+
 @dataclass(frozen=True)
 class Job:
-    """One decision: exactly one of `recipes` is used."""
+    """One decision: exactly one of `recipes` is used. `key`: the holder host a local job
+    serves, or `REMOTE`."""
 
     item: int
     recipes: tuple[Recipe, ...]
+    key: int = REMOTE
 
 
 def move_spec(
@@ -145,8 +151,8 @@ def senders(problem: Problem, item: Item) -> list[int]:
 
 
 def entry_options(problem: Problem, host: int, needers: list[int]) -> list[int]:
-    """One entry device per rail of `host`: a needer on that rail when there is one, else any
-    destination-mesh device on it (which then relays)."""
+    """One entry device per rail of `host`, by rail: a needer on that rail when there is one,
+    else any destination-mesh device on it (which then relays)."""
     topo = problem.topology
     best: dict[int, int] = {}
     for d in needers:
@@ -191,6 +197,27 @@ def delivery_recipe(
     return Recipe(index, parts, tuple(moves))
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """An order of preference among senders and entry devices (the greedy's: least-loaded
+    port first). Without one, senders come in holder order and entries by rail."""
+
+    sender_key: Callable[[int], float]
+    #: (host, device) -> key; among equal keys, needers come before relays
+    entry_key: Callable[[int, int], float]
+
+
+@dataclass(frozen=True)
+class Breadth:
+    """How many alternatives an enumeration offers.
+
+    `narrow` (the greedy's): unsplit recipes enter every host through its first entry option;
+    otherwise through every rail's. `per_host`: also one move per remote host."""
+
+    narrow: bool = False
+    per_host: bool = True
+
+
 def relay_styles(
     problem: Problem, remote: dict[int, list[int]], item: Item | None = None
 ) -> list[tuple[bool, bool]]:
@@ -208,41 +235,68 @@ def relay_styles(
     return [(True, False)]
 
 
-def rail_layouts(problem: Problem, remote: dict[int, list[int]]) -> list[dict[int, int]]:
-    """Entry devices per host, one layout per rail index (falling back to the host's first
-    option where it has nothing on that rail), without repeats."""
-    topo = problem.topology
-    options = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
+def _layouts(entries: dict[int, list[int]], count: int) -> list[dict[int, int]]:
+    """Layout j enters every host through its j-th entry option (its first, when it has fewer),
+    without repeats."""
     layouts: list[dict[int, int]] = []
-    for rail in range(topo.num_rails):
-        layout = {
-            h: next((d for d in opts if topo.rail_of[d] == rail), opts[0])
-            for h, opts in options.items()
-        }
+    for j in range(count):
+        layout = {h: e[j] if j < len(e) else e[0] for h, e in entries.items()}
         if layout not in layouts:
             layouts.append(layout)
     return layouts
 
 
 def remote_recipes(
-    problem: Problem, index: int, item: Item, remote: dict[int, list[int]]
+    problem: Problem,
+    index: int,
+    item: Item,
+    remote: dict[int, list[int]],
+    ranking: Ranking | None = None,
+    breadth: Breadth = Breadth(),
 ) -> list[Recipe]:
-    """Every sender x entry layout x relay style, and splits for large items."""
-    sources = senders(problem, item)[:MAX_SENDERS]
-    layouts = rail_layouts(problem, remote)
+    """Every way to deliver `item` to the hosts `remote` (needers by host) that hold none of it.
+
+    Senders: one per send port, at most `MAX_SENDERS`, in `ranking` order. Entry layouts:
+    layout j enters each host through its j-th entry option (`ranking` order, else by rail).
+    Recipes: each sender x relay style x layout (relays enter through a layout, chains through
+    the first needer of every host when all hosts have one needer or the breadth is narrow);
+    with `per_host`, one move per host, the senders taking turns; for items that keep a rail
+    busy `SPLIT_SHARE` of the bound, splits in 2, 4, 8 parts, part j through layout j."""
+    topo = problem.topology
+    sources = senders(problem, item)
+    entries = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
+    if ranking is not None:
+        sources.sort(key=ranking.sender_key)
+        for h, options in entries.items():
+            needers = set(remote[h])
+            keys = {d: (ranking.entry_key(h, d), d not in needers) for d in options}
+            options.sort(key=keys.__getitem__)
+    sources = sources[:MAX_SENDERS]
+    direct = {h: next(d for d in e if d in remote[h]) for h, e in entries.items()}
+    single = all(len(ds) == 1 for ds in remote.values())
+    width = max(len(e) for e in entries.values())
+    relayed = [direct] if single else _layouts(entries, 1 if breadth.narrow else width)
     styles = relay_styles(problem, remote, item)
-    hosts_split = (False, True) if len(remote) > 1 else (False,)
-    recipes = [
-        delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout, per_host)
-        for s in sources
-        for layout in layouts
-        for relay, fanout in styles
-        for per_host in hosts_split
-    ]
-    if item.num_bytes / problem.topology.nic_bytes_per_s >= SPLIT_SHARE * problem.lower_bound_s:
+    recipes = []
+    for relay, fanout in styles:
+        layouts = relayed if relay else [direct] if breadth.narrow else _layouts(entries, width)
+        for layout in layouts:
+            recipes += [
+                delivery_recipe(problem, index, item, remote, [s], [layout], 1, relay, fanout)
+                for s in sources
+            ]
+            if breadth.per_host and len(remote) > 1:
+                recipes.append(
+                    delivery_recipe(
+                        problem, index, item, remote, sources, [layout], 1, relay, fanout, True
+                    )
+                )
+    if item.num_bytes / topo.nic_bytes_per_s >= SPLIT_SHARE * problem.lower_bound_s:
+        most = max(len(sources), min(len(e) for e in entries.values()))
         for parts in SPLIT_PARTS:
-            if parts > len(layouts):
+            if parts > most:
                 break
+            layouts = [{h: e[j % len(e)] for h, e in entries.items()} for j in range(parts)]
             for _, fanout in styles:
                 recipes.append(
                     delivery_recipe(
@@ -252,16 +306,23 @@ def remote_recipes(
     return recipes
 
 
-def item_jobs(problem: Problem, index: int, item: Item) -> list[Job]:
+def item_jobs(
+    problem: Problem,
+    index: int,
+    item: Item,
+    ranking: Ranking | None = None,
+    breadth: Breadth = Breadth(),
+) -> list[Job]:
     """Every job of `item` with its alternative recipes: local hosts (sorted), then remote."""
     needers_on = needers_by_host(problem, item.needers)
     holder_hosts = {problem.topology.host_of[s] for s in item.holders}
     jobs = [
-        Job(index, tuple(local_recipes(problem, index, item, h)))
+        Job(index, tuple(local_recipes(problem, index, item, h)), h)
         for h in needers_on
         if h in holder_hosts
     ]
     remote = {h: ds for h, ds in needers_on.items() if h not in holder_hosts}
     if remote:
-        jobs.append(Job(index, tuple(remote_recipes(problem, index, item, remote))))
+        recipes = remote_recipes(problem, index, item, remote, ranking, breadth)
+        jobs.append(Job(index, tuple(recipes), REMOTE))
     return jobs

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.plan import Piece
+from planner.plan import Piece, SolveStatus
 from planner.problem import Problem
 from solver.base import SolveResult
 from solver.items import Item
@@ -28,7 +28,7 @@ class Routing:
 
     shares: list[list[Share]]
     order: list[int] | None = None
-    status: str = "heuristic"
+    status: SolveStatus = SolveStatus.HEURISTIC
     best_bound_s: float | None = None
     notes: list[str] = field(default_factory=list)
 

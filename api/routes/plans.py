@@ -16,7 +16,7 @@ from api.settings import Settings
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
 from planner.request import Request
-from planner.simulate import check_plan
+from planner.summary import summarize
 from solver import resolve
 
 router = APIRouter(prefix="/v1", tags=["plans"])
@@ -129,15 +129,7 @@ async def check(settings: SettingsDep, body: JsonBody) -> dict[str, Any]:
         raise unprocessable(f"plan.{err.field}", err.message) from None
 
     def checked() -> dict[str, Any]:
-        problem = build_problem(request)
-        sim = check_plan(problem, plan)
-        return {
-            "valid": sim.valid,
-            "errors": sim.errors[:20],
-            "makespan_s": sim.makespan_s,
-            "lower_bound_s": problem.lower_bound_s,
-            "wire_bytes": sim.wire_bytes,
-        }
+        return summarize(build_problem(request), plan)
 
     try:
         return await asyncio.to_thread(checked)  # large plans take a while: off the loop

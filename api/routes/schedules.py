@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
 from api.routes.plans import accepted_request, json_value, unavailable, unprocessable
-from pipeline.boundaries import reversed_request
+from pipeline.boundaries import boundary_timing, reversed_request
 from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
 from planner.plan import Plan
@@ -74,25 +74,15 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
             accepted_request(raw, settings, field_prefix=f"boundaries[{k}].")
             for k, raw in enumerate(query.boundaries)
         ]
-        activation, gradient = [], []
+        plans = []
         try:
-            for k, request in enumerate(requests):
+            for request in requests:
                 ahead, _ = await planner.plan(request)
                 back, _ = await planner.plan(reversed_request(request))
-                activation.append(Plan.from_json(ahead).makespan_s)
-                gradient.append(Plan.from_json(back).makespan_s)
-                boundaries.append(
-                    {
-                        "boundary": k,
-                        "activation_s": activation[-1],
-                        "gradient_s": gradient[-1],
-                        "activation_request_id": ahead["request_id"],
-                        "gradient_request_id": back["request_id"],
-                    }
-                )
+                plans.append((Plan.from_json(ahead), Plan.from_json(back)))
         except (Overloaded, SolverCrashed) as err:
             raise unavailable(str(err)) from None
-        timing = Timing(forward, backward, activation, gradient)
+        timing, boundaries = boundary_timing(forward, backward, plans)
     else:
         comm = (query.comm_ms or 0.0) / 1e3
         timing = Timing(forward, backward, [comm] * (query.stages - 1), [comm] * (query.stages - 1))

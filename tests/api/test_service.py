@@ -13,7 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.cli import main as cli_main
 from api.settings import Settings, SettingsError
+from planner.summary import SUMMARY_KEYS
 from tests.conftest import load_case
 
 CASE = load_case("paper-n2m-case6")
@@ -92,6 +94,20 @@ def test_check_route(client: TestClient) -> None:
     assert verdict["valid"] and verdict["makespan_s"] == pytest.approx(plan["makespan_s"])
     plan["transfers"] = plan["transfers"][:1]
     assert not client.post("/v1/check", json={"request": CASE, "plan": plan}).json()["valid"]
+
+
+def test_check_route_and_cli_check_give_the_same_summary(
+    client: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = client.post("/v1/plans", json=CASE).json()["plan"]
+    plan["transfers"] = plan["transfers"][1:]  # an invalid plan: errors are summarised alike
+    served = client.post("/v1/check", json={"request": CASE, "plan": plan}).json()
+    (tmp_path / "request.json").write_text(json.dumps(CASE))
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert cli_main(["check", str(tmp_path / "request.json"), str(tmp_path / "plan.json")]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert list(served) == list(printed) == list(SUMMARY_KEYS)
+    assert served == printed and not served["valid"] and served["errors"]
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:

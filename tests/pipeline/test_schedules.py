@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from api.cli import main
-from pipeline.boundaries import boundary_timing, reversed_request
+from pipeline.boundaries import boundary_timing, plan_boundaries, reversed_request
 from pipeline.schedules import Op, ScheduleError, generate, peak_inflight, stage_ops, validate
 from pipeline.simulate import Timing, simulate
 from planner import parse_request
@@ -115,7 +115,8 @@ def test_boundaries_are_priced_by_their_plans() -> None:
         back.tensors[0].src == request.tensors[0].dst
         and back.tensors[0].dst == request.tensors[0].src
     )
-    timing, summary = boundary_timing([0.01] * 2, [0.02] * 2, [request], plan_request)
+    plans = plan_boundaries([request], plan_request)
+    timing, summary = boundary_timing([0.01] * 2, [0.02] * 2, plans)
     assert timing.activation_s[0] == pytest.approx(plan_request(request).makespan_s)
     assert timing.gradient_s[0] == pytest.approx(plan_request(back).makespan_s)
     assert summary[0]["activation_request_id"] == request.request_id

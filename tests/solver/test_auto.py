@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from types import ModuleType
 from typing import Any
 
+import pytest
+
+from planner.plan import SolveStatus
+from planner.synthetic import random_request
 from solver import SolveOptions, make_plan
 from solver.auto import auto
 from solver.components import components
@@ -68,14 +73,25 @@ def test_different_components_are_each_solved(plancheck: ModuleType) -> None:
     assert plan.ratio <= 1.001
 
 
-def test_auto_never_worse_than_greedy() -> None:
-    for name in ("dgx-boundary-2x8-to-2x8", "inplace-2x4", "paper-n2m-case4"):
-        problem = problem_of(load_case(name))
-        greedy = make_plan(problem, "greedy", SolveOptions())
-        assert (
-            make_plan(problem, "auto", SolveOptions(time_limit_s=1.0)).makespan_s
-            <= greedy.makespan_s
-        )
+@pytest.mark.parametrize("case", ["paper-n2m-case4", "inplace-2x4"])
+def test_auto_proves_the_greedy_plan_optimal(case: str) -> None:
+    # the greedy is above the lower bound here, so only a solver's proof makes it optimal
+    problem = problem_of(load_case(case))
+    greedy = make_plan(problem, "greedy", SolveOptions())
+    assert greedy.makespan_s > problem.lower_bound_s * (1 + 1e-9)
+    assert greedy.status == SolveStatus.HEURISTIC
+    plan = make_plan(problem, "auto", SolveOptions(time_limit_s=2.0, seed=0))
+    assert plan.status == SolveStatus.OPTIMAL
+    assert plan.best_bound_s is not None
+    assert plan.best_bound_s >= plan.makespan_s * (1 - 1e-6)
+    assert plan.makespan_s <= greedy.makespan_s * (1 + 1e-9)
+
+
+def test_auto_improves_on_the_greedy() -> None:
+    problem = problem_of(random_request(random.Random(2000)))
+    greedy = make_plan(problem, "greedy", SolveOptions())
+    plan = make_plan(problem, "auto", SolveOptions(time_limit_s=2.0, seed=0))
+    assert plan.makespan_s < greedy.makespan_s * 0.99, (plan.makespan_s, greedy.makespan_s)
 
 
 def test_cpsat_is_deterministic_with_one_worker() -> None:
