@@ -9,7 +9,7 @@ import pytest
 
 from planner import PlanFormatError
 from planner.cost import transfer_cost
-from planner.plan import Piece, Plan, Transfer
+from planner.plan import Piece, Plan, SolveStatus, Transfer
 from planner.simulate import check_plan, simulate
 from tests.conftest import load_case, problem_of
 
@@ -103,7 +103,14 @@ def test_plan_json_round_trip() -> None:
     problem = problem_of(load_case("paper-1tom-1x2"))
     piece = whole(problem)
     plan = Plan(
-        "abc", "hand", (Transfer(0, (2, 3), (piece,), 0.0, 0.5),), 0.5, 0.4, 0.01, "optimal", 0.45
+        "abc",
+        "hand",
+        (Transfer(0, (2, 3), (piece,), 0.0, 0.5),),
+        0.5,
+        0.4,
+        0.01,
+        SolveStatus.OPTIMAL,
+        0.45,
     )
     data = json.loads(json.dumps(plan.to_json()))
     assert data["format"] == "meshcast.plan/v1"

@@ -11,8 +11,8 @@ import pytest
 
 from planner.synthetic import random_request
 from solver import ALGORITHMS, SolveOptions, make_plan
-from solver.base import result_makespan_s
 from solver.greedy import greedy
+from solver.routing import result_makespan_s
 from tests.conftest import CASE_IDS, load_case, problem_of
 
 FAST = SolveOptions(time_limit_s=0.5, seed=0)
