@@ -13,11 +13,25 @@ def transfer_cost(
 ) -> tuple[float, tuple[int, ...]]:
     """Duration in seconds and the ports held for that long by `src -> dst` of `num_bytes`,
     along the route `planner.route.transfer_route` defines."""
+    key = (src, tuple(dst))
+    shape = topo.route_shapes.get(key)
+    if shape is None:
+        shape = topo.route_shapes[key] = _route_shape(topo, src, dst)
+    ports, num_chain_hosts, most_intra_hops = shape
+    inter_s = intra_s = 0.0
+    if num_chain_hosts:
+        inter_s = num_bytes / topo.nic_bytes_per_s + topo.latency_s * num_chain_hosts
+    if most_intra_hops:
+        intra_s = num_bytes / topo.intra_bytes_per_s + topo.latency_s * most_intra_hops
+    return max(inter_s, intra_s), ports
+
+
+def _route_shape(topo: Topology, src: int, dst: Sequence[int]) -> tuple[tuple[int, ...], int, int]:
+    """The ports a transfer's route holds, its number of receiving hosts and its longest chain
+    inside a host: all of its cost that does not depend on the bytes."""
     route = transfer_route(topo, src, dst)
     ports: set[int] = set()
-    inter_s = intra_s = 0.0
     if route.chain_hosts:
-        inter_s = num_bytes / topo.nic_bytes_per_s + topo.latency_s * len(route.chain_hosts)
         ports.add(topo.send_port(topo.host_of[src], topo.rail_of[src]))
         last = len(route.chain_hosts) - 1
         for i, (h, entry) in enumerate(zip(route.chain_hosts, route.entries, strict=True)):
@@ -28,6 +42,4 @@ def transfer_cost(
     for a, b in route.intra_hops:
         ports.add(topo.link_out_port(a))
         ports.add(topo.link_in_port(b))
-    if route.most_intra_hops:
-        intra_s = num_bytes / topo.intra_bytes_per_s + topo.latency_s * route.most_intra_hops
-    return max(inter_s, intra_s), tuple(sorted(ports))
+    return tuple(sorted(ports)), len(route.chain_hosts), route.most_intra_hops

@@ -26,6 +26,10 @@ class Topology:
     rail_of: dict[int, int]
     devices_of_host: tuple[tuple[int, ...], ...]
     _device_index: dict[int, int] = field(repr=False)
+    #: (src, dst) -> what `planner.cost.transfer_cost` needs of its route, filled on demand
+    route_shapes: dict[tuple[int, tuple[int, ...]], tuple[tuple[int, ...], int, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def from_cluster(cls, cluster: ClusterSpec) -> Topology:
