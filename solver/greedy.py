@@ -30,6 +30,9 @@ from solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
+#: the greedy tries splits only for items that keep a rail busy this share of the lower bound
+#: (the solvers, which can afford more recipes, from `recipes.SPLIT_SHARE`)
+GREEDY_SPLIT_SHARE = 0.5
 #: routing passes after the first, and the item count above which they are skipped
 REROUTE_PASSES = 2
 REROUTE_MAX_ITEMS = 2000
@@ -48,7 +51,7 @@ class Router:
         self.problem = problem
         self.topo = problem.topology
         self.load = np.zeros(self.topo.num_ports)
-        self.breadth = Breadth(narrow=True, per_host=per_host)
+        self.breadth = Breadth(narrow=True, per_host=per_host, split_share=GREEDY_SPLIT_SHARE)
         self.ranking = Ranking(self._sender_load, self._entry_load)
 
     def _sender_load(self, device: int) -> float:

@@ -216,6 +216,8 @@ class Breadth:
 
     narrow: bool = False
     per_host: bool = True
+    #: split recipes for items that keep a rail busy at least this share of the lower bound
+    split_share: float = SPLIT_SHARE
 
 
 def relay_styles(
@@ -261,7 +263,7 @@ def remote_recipes(
     Recipes: each sender x relay style x layout (relays enter through a layout, chains through
     the first needer of every host when all hosts have one needer or the breadth is narrow);
     with `per_host`, one move per host, the senders taking turns; for items that keep a rail
-    busy `SPLIT_SHARE` of the bound, splits in 2, 4, 8 parts, part j through layout j."""
+    busy `breadth.split_share` of the bound, splits in 2, 4, 8 parts, part j through layout j."""
     topo = problem.topology
     sources = senders(problem, item)
     entries = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
@@ -291,7 +293,7 @@ def remote_recipes(
                         problem, index, item, remote, sources, [layout], 1, relay, fanout, True
                     )
                 )
-    if item.num_bytes / topo.nic_bytes_per_s >= SPLIT_SHARE * problem.lower_bound_s:
+    if item.num_bytes / topo.nic_bytes_per_s >= breadth.split_share * problem.lower_bound_s:
         most = max(len(sources), min(len(e) for e in entries.values()))
         for parts in SPLIT_PARTS:
             if parts > most:
