@@ -100,19 +100,21 @@ def measure(
         return [dict(m, verified=report.verified) for m in report.memory]
 
 
-def _in_tree(tree: Path, *args: str) -> Any:
-    """This script's `--measure` in `tree`'s code, in its own processes; its JSON answer."""
+def _run_in(tree: Path, *args: str) -> str:
+    """`python ARGS` with `tree`'s packages first on the path; its standard output."""
     env = {**os.environ, "MESHCAST_BENCH_TREE": str(tree), "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{tree}: {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{tree}: {' '.join(args[:3])} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _in_tree(tree: Path, *args: str) -> Any:
+    """This script's `--measure` in `tree`'s code, in its own processes; its JSON answer."""
+    stdout = _run_in(tree, str(Path(__file__).resolve()), *args)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def export_tree(revision: str, into: Path) -> Path:
@@ -192,49 +194,19 @@ def memory_table(baseline: Path, staging: int) -> tuple[str, list[dict[str, Any]
 
 
 def _wall_executor_run(tree: Path, cases: str | None) -> dict[str, float]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(tree / "benchmarks/executor_run.py"),
-            "--repeats",
-            "3",
-            *(["--cases", cases] if cases else []),
-        ],
-        cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    del done
+    script = str(tree / "benchmarks/executor_run.py")
+    _run_in(tree, script, "--repeats", "3", *(["--cases", cases] if cases else []))
     rows = json.loads((tree / "benchmarks/results/executor_run.json").read_text())
     return {f"{r['case']} {r['algorithm']} {r['mode']}": r["wall_s"] for r in rows}
 
 
 def _wall_testbed(tree: Path, request: Path) -> dict[str, float]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "api.cli",
-            "testbed",
-            "bench",
-            str(request),
-            "--algorithms",
-            "sendrecv,auto",
-            "--max-bytes",
-            "64MiB",
-            "--json",
-            "--name",
-            "membench",
-        ],
-        cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)},
-        capture_output=True,
-        text=True,
-        check=True,
+    stdout = _run_in(
+        tree,
+        *("-m", "api.cli", "testbed", "bench", str(request), "--algorithms", "sendrecv,auto"),
+        *("--max-bytes", "64MiB", "--json", "--name", "membench"),
     )
-    results = json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    results = json.loads(stdout.strip().splitlines()[-1])["results"]
     return {f"testbed {request.stem} {r['algorithm']}": r["measured_s"] for r in results}
 
 

@@ -79,7 +79,7 @@ class LocalTensors:
         if len(segments) != 1 or segments[0].box != whole.box:
             return None
         local = self.view(segments[0].kind, segments[0].ref, whole.box)
-        if not local.is_contiguous() or local.dim() == 0:
+        if not local.is_contiguous():
             return None
         return local.reshape(-1).view(torch.uint8)[lo - whole.offset : hi - whole.offset]
 

@@ -285,22 +285,14 @@ class Executor:
         message = step.message
         lengths = [message.chunk_length(k) for k in range(message.num_chunks)]
         assert self._pool is not None
-        chunks = transport.Chunks(self._pool, lengths, partial(tensors.direct, step))
-        fill = drain = None
-        if step.is_sender:
-
-            def fill(k: int, data: torch.Tensor) -> None:
-                tensors.copy_chunk(step, k, data, to_wire=True)
-        elif any(step.segments):
-
-            def drain(k: int, data: torch.Tensor) -> None:
-                tensors.copy_chunk(step, k, data, to_wire=False)
-
+        fill = partial(tensors.copy_chunk, step, to_wire=True) if step.is_sender else None
+        keeps = not step.is_sender and any(step.segments)
+        drain = partial(tensors.copy_chunk, step, to_wire=False) if keeps else None
+        chunks = transport.Chunks(self._pool, lengths, partial(tensors.direct, step), fill, drain)
         if self.mode == "broadcast" and step.participants in self._groups:
-            group = self._groups[step.participants]
-            transport.broadcast(chunks, step.src, group, fill, drain)
+            transport.broadcast(chunks, step.src, self._groups[step.participants])
         else:
-            transport.chain(chunks, step.parent, step.children, self._group, fill, drain)
+            transport.chain(chunks, step.parent, step.children, self._group)
 
     def run(self, source_shards: Shards, out: Shards | None = None) -> dict[str, torch.Tensor]:
         """Move the data; return this rank's destination shard of every tensor whose

@@ -1,8 +1,8 @@
 """Moving one message between the participants of a transfer, chunk by chunk, through a fixed
 pool of staging slots.
 
-A sender packs chunk k into a slot (`fill`) and sends it on; a receiver gets chunk k into a slot,
-unpacks it (`drain`) and forwards the same slot down the chain. Chunk k uses slot k mod the
+A sender packs chunk k into a slot and sends it on; a receiver gets chunk k into a slot,
+unpacks it and forwards the same slot down the chain. Chunk k uses slot k mod the
 number of slots, so a rank never holds more than its pool, however long the message.
 
 `chain` forwards along the transfer's route with p2p operations: a receiver keeps a receive
@@ -60,39 +60,55 @@ def _posted(work: dist.Work | None) -> dist.Work:
 
 
 class Chunks:
-    """Where the chunks of one message are: each in its staging slot, or (`direct`) already
-    in place in the caller's tensors."""
+    """The chunks of one message on this rank: where each one is (its staging slot, or with
+    `direct` already in place in the caller's tensors) and how a staged one is packed (`fill`,
+    on the sender) or unpacked (`drain`, on a receiver that keeps some of its bytes)."""
 
     def __init__(
-        self, pool: StagingPool, lengths: Sequence[int], direct: DirectFunction | None = None
+        self,
+        pool: StagingPool,
+        lengths: Sequence[int],
+        direct: DirectFunction | None = None,
+        fill: ChunkFunction | None = None,
+        drain: ChunkFunction | None = None,
     ) -> None:
-        self.pool, self.lengths = pool, lengths
+        self.pool, self.lengths, self._fill, self._drain = pool, lengths, fill, drain
         self._direct = [direct(k) for k in range(len(lengths))] if direct else []
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def staged(self, k: int) -> bool:
+    def _staged(self, k: int) -> bool:
         return not self._direct or self._direct[k] is None
 
     def buffer(self, k: int) -> torch.Tensor:
-        if self.staged(k):
+        """Where chunk `k` is sent from or received into."""
+        if self._staged(k):
             return self.pool.slot(k, self.lengths[k])
         direct = self._direct[k]
         assert direct is not None
         return direct
 
+    def packed(self, k: int) -> torch.Tensor:
+        """Chunk `k`'s buffer, holding the bytes to send."""
+        data = self.buffer(k)
+        if self._fill is not None and self._staged(k):
+            self._fill(k, data)
+        return data
+
+    def unpacked(self, k: int) -> torch.Tensor:
+        """Chunk `k`'s buffer once it has been received, its bytes now also in place."""
+        data = self.buffer(k)
+        if self._drain is not None and self._staged(k):
+            self._drain(k, data)
+        return data
+
 
 def chain(
-    chunks: Chunks,
-    parent: int | None,
-    children: Sequence[int],
-    group: dist.ProcessGroup,
-    fill: ChunkFunction | None = None,
-    drain: ChunkFunction | None = None,
+    chunks: Chunks, parent: int | None, children: Sequence[int], group: dist.ProcessGroup
 ) -> None:
-    """Send (no `parent`: `fill` packs each staged chunk) or receive (`drain` unpacks each
-    staged chunk) a message, forwarding every chunk to `children` from where it landed."""
+    """Send (no `parent`) or receive a message, forwarding every chunk to `children` from
+    where it landed."""
     num_chunks, num_slots = len(chunks), chunks.pool.num_slots
     sends: dict[int, list[dist.Work]] = {}
 
@@ -102,10 +118,7 @@ def chain(
     if parent is None:
         for k in range(num_chunks):
             _wait(sends.pop(k - num_slots, []))  # the slot's previous chunk has left
-            data = chunks.buffer(k)
-            if fill is not None and chunks.staged(k):
-                fill(k, data)
-            send(k, data)
+            send(k, chunks.packed(k))
     else:
 
         def receive(k: int) -> dist.Work:
@@ -114,9 +127,7 @@ def chain(
         receives = {k: receive(k) for k in range(min(num_slots, num_chunks))}
         for k in range(num_chunks):
             receives.pop(k).wait()
-            data = chunks.buffer(k)
-            if drain is not None and chunks.staged(k):
-                drain(k, data)
+            data = chunks.unpacked(k)
             if children:
                 send(k, data)
             # reuse the slot freed longest ago: the previous chunk's, once it has been sent on
@@ -129,30 +140,22 @@ def chain(
         _wait(works)
 
 
-def broadcast(
-    chunks: Chunks,
-    src: int,
-    group: dist.ProcessGroup,
-    fill: ChunkFunction | None = None,
-    drain: ChunkFunction | None = None,
-) -> None:
+def broadcast(chunks: Chunks, src: int, group: dist.ProcessGroup) -> None:
     """`dist.broadcast` of every chunk from global rank `src` to the members of `group`, up to
-    one chunk per slot in flight: the sender `fill`s staged chunks, the others `drain` them."""
+    one chunk per slot in flight."""
     sender = dist.get_rank() == src
     pending: dict[int, dist.Work] = {}
     num_slots = chunks.pool.num_slots
 
     def finish(k: int) -> None:
         pending.pop(k).wait()
-        if not sender and drain is not None and chunks.staged(k):
-            drain(k, chunks.buffer(k))
+        if not sender:
+            chunks.unpacked(k)
 
     for k in range(len(chunks)):
         if k - num_slots in pending:
             finish(k - num_slots)
-        data = chunks.buffer(k)
-        if sender and fill is not None and chunks.staged(k):
-            fill(k, data)
+        data = chunks.packed(k) if sender else chunks.buffer(k)
         pending[k] = _posted(dist.broadcast(data, src=src, group=group, async_op=True))
     for k in sorted(pending):
         finish(k)
