@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from planner.mesh import Box
+
+#: `covers` tests pairwise disjointness with numpy up to this many boxes
+DISJOINT_CHECK_MAX = 256
 
 
 def volume(box: Box) -> int:
@@ -37,6 +40,29 @@ def subtract(a: Box, b: Box) -> list[Box]:
             pieces.append((*rest[:d], (bhi, hi), *rest[d + 1 :]))
         rest[d] = (max(lo, blo), min(hi, bhi))
     return pieces
+
+
+def covers(target: Box, cover: Sequence[Box]) -> bool:
+    """Whether the boxes of `cover` together hold every element of `target`.
+
+    Clipped to `target`, pairwise disjoint boxes cover it exactly when their volumes add up to
+    its volume (the usual case, checked with numpy); otherwise `uncovered_volume` decides."""
+    clipped = [c for c in (intersect(target, b) for b in cover) if c is not None]
+    if target in clipped:
+        return True
+    need = volume(target)
+    if need == 0:
+        return True
+    if sum(volume(c) for c in clipped) < need:
+        return False
+    if len(clipped) <= DISJOINT_CHECK_MAX:
+        lo = np.array([[a for a, _ in c] for c in clipped], dtype=np.int64)
+        hi = np.array([[b for _, b in c] for c in clipped], dtype=np.int64)
+        lo_a, hi_a, lo_b, hi_b = lo[:, None, :], hi[:, None, :], lo[None, :, :], hi[None, :, :]
+        overlap = np.all((lo_a < hi_b) & (lo_b < hi_a), axis=2)
+        if np.count_nonzero(overlap) == len(clipped):  # each box meets only itself
+            return True
+    return uncovered_volume(target, clipped)[0] == 0
 
 
 def uncovered_volume(target: Box, cover: Iterable[Box]) -> tuple[int, Box | None]:
@@ -72,48 +98,71 @@ def uncovered_volume(target: Box, cover: Iterable[Box]) -> tuple[int, Box | None
     return missing, cell
 
 
-class TimedBoxes:
-    """Boxes of one tensor that became available at given times, searchable with numpy."""
+def meets(a: Box, b: Box) -> bool:
+    """Whether `a` and `b` share at least one element."""
+    return all(al < bh and bl < ah for (al, ah), (bl, bh) in zip(a, b, strict=True))
 
-    def __init__(self, ndim: int) -> None:
-        self._lo = np.zeros((4, ndim), dtype=np.int64)
-        self._hi = np.zeros((4, ndim), dtype=np.int64)
-        self._time = np.zeros(4)
-        self._boxes: list[Box] = []
+
+class TimedBoxes:
+    """Boxes of one tensor that became available at given times.
+
+    Most devices hold a handful of boxes per tensor: those are searched as plain tuples. Once
+    a device holds `ARRAYS_FROM` boxes, numpy copies (grown by doubling) take over the search.
+    """
+
+    ARRAYS_FROM = 24
+
+    __slots__ = ("_hi", "_lo", "_times", "boxes")
+
+    def __init__(self) -> None:
+        self.boxes: list[Box] = []
+        self._times: list[float] = []
+        self._lo: np.ndarray | None = None
+        self._hi: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self._boxes)
+        return len(self.boxes)
 
     def add(self, box: Box, time_s: float) -> None:
-        n = len(self._boxes)
-        if n == len(self._time):
+        n = len(self.boxes)
+        self.boxes.append(box)
+        self._times.append(time_s)
+        if self._lo is None:
+            if n + 1 < self.ARRAYS_FROM:
+                return
+            self._lo = np.array([[lo for lo, _ in b] for b in self.boxes], dtype=np.int64)
+            self._hi = np.array([[hi for _, hi in b] for b in self.boxes], dtype=np.int64)
+            return
+        assert self._hi is not None
+        if n == len(self._lo):
             self._lo = np.concatenate([self._lo, np.zeros_like(self._lo)])
             self._hi = np.concatenate([self._hi, np.zeros_like(self._hi)])
-            self._time = np.concatenate([self._time, np.zeros_like(self._time)])
         self._lo[n] = [lo for lo, _ in box]
         self._hi[n] = [hi for _, hi in box]
-        self._time[n] = time_s
-        self._boxes.append(box)
 
-    @property
-    def boxes(self) -> list[Box]:
-        return self._boxes
+    def _meeting(self, piece: Box) -> list[int]:
+        """Indices of the boxes that meet `piece`, in time order (ties: order added)."""
+        n = len(self.boxes)
+        if self._lo is None or self._hi is None:
+            found = [j for j in range(n) if meets(self.boxes[j], piece)]
+        else:
+            lo = np.array([a for a, _ in piece], dtype=np.int64)
+            hi = np.array([b for _, b in piece], dtype=np.int64)
+            hit = np.all((self._lo[:n] < hi) & (lo < self._hi[:n]), axis=1)
+            found = np.flatnonzero(hit).tolist()
+        return sorted(found, key=self._times.__getitem__)
 
     def time_to_cover(self, piece: Box) -> float | None:
         """Earliest time at which the boxes cover `piece`, None when they never do.
 
         Boxes that meet `piece` are taken in time order until nothing is left uncovered.
         """
-        n = len(self._boxes)
-        if n == 0:
-            return None
-        lo = np.array([a for a, _ in piece], dtype=np.int64)
-        hi = np.array([b for _, b in piece], dtype=np.int64)
-        meets = np.all((self._lo[:n] < hi) & (lo < self._hi[:n]), axis=1)
-        candidates = np.flatnonzero(meets)
         remaining = [piece]
-        for j in candidates[np.argsort(self._time[candidates], kind="stable")]:
-            remaining = [r for part in remaining for r in subtract(part, self._boxes[j])]
+        for j in self._meeting(piece):
+            box = self.boxes[j]
+            if len(remaining) == 1 and contains(box, remaining[0]):
+                return self._times[j]
+            remaining = [r for part in remaining for r in subtract(part, box)]
             if not remaining:
-                return float(self._time[j])
+                return self._times[j]
         return None

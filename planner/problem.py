@@ -10,6 +10,7 @@ from planner.boxes import volume
 from planner.mesh import Box, mesh_coords, shard_box
 from planner.plan import Piece
 from planner.request import Request
+from planner.stacking import Stacking, stack_identical
 from planner.tiles import Tiles, build_tiles
 from planner.topology import Topology
 
@@ -23,11 +24,24 @@ class Problem:
     tiles: Tiles
     src_devices: frozenset[int]
     dst_devices: frozenset[int]
-    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def lower_bound_s(self) -> float:
         return lower_bound_s(self.topology, self.tiles, self.dst_devices)
+
+    @cached_property
+    def stacked(self) -> tuple[Problem, Stacking] | None:
+        """The problem with identical tensors stacked (see `planner.stacking`), None when
+        no two tensors are alike."""
+        stacking = stack_identical(self.request)
+        if stacking is None:
+            return None
+        tiles = build_tiles(stacking.request)
+        problem = Problem(
+            stacking.request, self.topology, tiles, self.src_devices, self.dst_devices
+        )
+        return problem, stacking
 
     def piece_bytes(self, piece: Piece) -> int:
         """Bytes of one plan piece."""
@@ -42,10 +56,10 @@ class Problem:
         return self._boxes(tensor, "dst")
 
     def _boxes(self, tensor: int, side: str) -> dict[int, Box]:
-        key = f"{side}{tensor}"
+        spec = self.request.tensors[tensor]
+        layout = spec.src if side == "src" else spec.dst
+        key = ("boxes", spec.shape, layout)  # identical layers share their boxes
         if key not in self._cache:
-            spec = self.request.tensors[tensor]
-            layout = spec.src if side == "src" else spec.dst
             mesh = self.request.meshes[layout.mesh]
             coords = mesh_coords(mesh.shape)
             self._cache[key] = {

@@ -200,11 +200,12 @@ def parse_request(data: Any) -> Request:
         shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
         raise RequestError(_field_path(tuple(first["loc"])), f"{first['msg']}{shown}") from None
     meshes = {name: _check_mesh(name, m) for name, m in raw.meshes.items()}
-    tensors = tuple(_check_tensor(i, t, meshes) for i, t in enumerate(raw.tensors))
-    names = [t.name for t in tensors]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            raise RequestError(f"tensors[{i}].name", f"duplicate tensor name {name!r}")
+    layouts: dict[tuple[str, tuple[str, ...], int], Layout] = {}
+    tensors = tuple(_check_tensor(i, t, meshes, layouts) for i, t in enumerate(raw.tensors))
+    first_index: dict[str, int] = {}
+    for i, t in enumerate(tensors):
+        if first_index.setdefault(t.name, i) != i:
+            raise RequestError(f"tensors[{i}].name", f"duplicate tensor name {t.name!r}")
     cluster = _check_cluster(raw.cluster, meshes)
     options = Options(raw.options.algorithm, raw.options.time_limit_s, raw.options.seed)
     return Request(tensors, meshes, cluster, options)
@@ -225,7 +226,14 @@ def _check_mesh(name: str, mesh: _Mesh) -> MeshSpec:
     return MeshSpec(shape, devices)
 
 
-def _check_tensor(i: int, t: _Tensor, meshes: dict[str, MeshSpec]) -> TensorSpec:
+def _check_tensor(
+    i: int,
+    t: _Tensor,
+    meshes: dict[str, MeshSpec],
+    layouts: dict[tuple[str, tuple[str, ...], int], Layout],
+) -> TensorSpec:
+    """One tensor checked; `layouts` remembers the layouts already checked (real models
+    repeat a few of them over thousands of tensors)."""
     where = f"tensors[{i}]"
     if t.dtype not in ITEMSIZE_BYTES:
         raise RequestError(
@@ -239,9 +247,22 @@ def _check_tensor(i: int, t: _Tensor, meshes: dict[str, MeshSpec]) -> TensorSpec
         t.name,
         shape,
         t.dtype,
-        _check_layout(f"{where}.src", t.src, len(shape), meshes),
-        _check_layout(f"{where}.dst", t.dst, len(shape), meshes),
+        _known_layout(f"{where}.src", t.src, len(shape), meshes, layouts),
+        _known_layout(f"{where}.dst", t.dst, len(shape), meshes, layouts),
     )
+
+
+def _known_layout(
+    where: str,
+    layout: _Layout,
+    ndim: int,
+    meshes: dict[str, MeshSpec],
+    layouts: dict[tuple[str, tuple[str, ...], int], Layout],
+) -> Layout:
+    key = (layout.mesh, tuple(layout.placements), ndim)
+    if key not in layouts:
+        layouts[key] = _check_layout(where, layout, ndim, meshes)
+    return layouts[key]
 
 
 def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, MeshSpec]) -> Layout:

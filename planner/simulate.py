@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.boxes import TimedBoxes, contains, uncovered_volume
+from planner.boxes import TimedBoxes, contains, covers, uncovered_volume
 from planner.cost import transfer_cost
 from planner.mesh import Box
 from planner.plan import Plan, Transfer
@@ -63,30 +63,31 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
     topo = problem.topology
     clock = PortClock(topo.num_ports)
     known = problem.src_devices | problem.dst_devices
-    held: dict[tuple[int, int], TimedBoxes] = {}
+    holdings = _Holdings(problem)
     times: list[tuple[float, float]] = []
     errors: list[str] = []
     makespan = 0.0
     wire_bytes = 0
     busy = [0.0] * topo.num_ports
+    host_of = topo.host_of
     for k, tr in enumerate(transfers):
-        where = f"transfer {k}"
         problem_here = _transfer_problem(problem, tr, known)
         ready = 0.0
         num_bytes = 0
         if problem_here is None:
             for piece in tr.pieces:
-                arrival = _arrival_s(problem, held, piece.tensor, tr.src, piece.box)
+                arrival = holdings.arrival_s(piece.tensor, tr.src, piece.box)
                 if arrival is None:
                     problem_here = (
                         f"device {tr.src} does not hold box {list(map(list, piece.box))} of "
                         f"tensor {problem.request.tensors[piece.tensor].name!r} at this point"
                     )
                     break
-                ready = max(ready, arrival)
+                if arrival > ready:
+                    ready = arrival
                 num_bytes += problem.piece_bytes(piece)
         if problem_here is not None:
-            errors.append(f"{where}: {problem_here}")
+            errors.append(f"transfer {k}: {problem_here}")
             times.append((math.nan, math.nan))
             continue
         duration, ports = transfer_cost(topo, num_bytes, tr.src, tr.dst)
@@ -94,16 +95,15 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
         times.append((start, end))
         for p in ports:
             busy[p] += duration
-        makespan = max(makespan, end)
+        if end > makespan:
+            makespan = end
         for piece in tr.pieces:
             for d in tr.dst:
-                key = (piece.tensor, d)
-                if key not in held:
-                    held[key] = TimedBoxes(len(piece.box))
-                held[key].add(piece.box, end)
-        remote = {topo.host_of[d] for d in tr.dst} - {topo.host_of[tr.src]}
-        wire_bytes += num_bytes * len(remote)
-    errors.extend(_coverage_errors(problem, held))
+                holdings.deliver(piece.tensor, d, piece.box, end)
+        src_host = host_of[tr.src]
+        remote = {host_of[d] for d in tr.dst}
+        wire_bytes += num_bytes * (len(remote) - (src_host in remote))
+    errors.extend(holdings.coverage_errors())
     return Simulation(times, makespan, wire_bytes, errors, busy)
 
 
@@ -114,10 +114,11 @@ def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> 
         return "dst is empty"
     if len(set(tr.dst)) != len(tr.dst):
         return f"dst {list(tr.dst)} lists a device twice"
+    if tr.src in tr.dst:
+        return f"dst {list(tr.dst)} contains the sender {tr.src}"
+    dst_devices = problem.dst_devices
     for d in tr.dst:
-        if d == tr.src:
-            return f"dst {list(tr.dst)} contains the sender {d}"
-        if d not in problem.dst_devices:
+        if d not in dst_devices:
             return f"dst device {d} is in no destination mesh"
     if not tr.pieces:
         return "no pieces"
@@ -133,41 +134,58 @@ def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> 
     return None
 
 
-def _arrival_s(
-    problem: Problem,
-    held: dict[tuple[int, int], TimedBoxes],
-    tensor: int,
-    device: int,
-    box: Box,
-) -> float | None:
-    own = problem.src_boxes(tensor).get(device)
-    if own is not None and contains(own, box):
-        return 0.0
-    key = (tensor, device)
-    if own is not None:
-        if key not in held:
-            held[key] = TimedBoxes(len(box))
-        if own not in held[key].boxes:
-            held[key].add(own, 0.0)
-    boxes = held.get(key)
-    return None if boxes is None else boxes.time_to_cover(box)
+class _Holdings:
+    """What every device holds of every tensor, and since when: its source shard from the
+    start, and every box delivered to it."""
 
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.held: dict[tuple[int, int], TimedBoxes] = {}
+        self._src_boxes: dict[int, dict[int, Box]] = {}
 
-def _coverage_errors(problem: Problem, held: dict[tuple[int, int], TimedBoxes]) -> list[str]:
-    errors = []
-    for ti, spec in enumerate(problem.request.tensors):
-        src_boxes = problem.src_boxes(ti)
-        for d, target in problem.dst_boxes(ti).items():
-            cover = list(held[(ti, d)].boxes) if (ti, d) in held else []
-            if d in src_boxes:
-                cover.append(src_boxes[d])
-            missing, cell = uncovered_volume(target, cover)
-            if missing:
+    def _own(self, tensor: int, device: int) -> Box | None:
+        boxes = self._src_boxes.get(tensor)
+        if boxes is None:
+            boxes = self._src_boxes[tensor] = self.problem.src_boxes(tensor)
+        return boxes.get(device)
+
+    def arrival_s(self, tensor: int, device: int, box: Box) -> float | None:
+        """When `device` holds all of `box` of `tensor`; None if it never does (so far)."""
+        own = self._own(tensor, device)
+        if own is not None and contains(own, box):
+            return 0.0
+        boxes = self.held.get((tensor, device))
+        if boxes is None:
+            return None
+        return boxes.time_to_cover(box)
+
+    def deliver(self, tensor: int, device: int, box: Box, time_s: float) -> None:
+        key = (tensor, device)
+        boxes = self.held.get(key)
+        if boxes is None:
+            boxes = self.held[key] = TimedBoxes()
+            own = self._own(tensor, device)
+            if own is not None:
+                boxes.add(own, 0.0)
+        boxes.add(box, time_s)
+
+    def coverage_errors(self) -> list[str]:
+        """One error per destination device that misses part of its destination shard."""
+        problem, errors = self.problem, []
+        for ti, spec in enumerate(problem.request.tensors):
+            src_boxes = problem.src_boxes(ti)
+            for d, target in problem.dst_boxes(ti).items():
+                boxes = self.held.get((ti, d))
+                own = src_boxes.get(d)
+                cover = list(boxes.boxes) if boxes is not None else ([own] if own else [])
+                if covers(target, cover):
+                    continue
+                missing, cell = uncovered_volume(target, cover)
                 errors.append(
                     f"tensor {spec.name!r}: device {d} misses {missing} elements, "
                     f"e.g. {list(map(list, cell or ()))}"
                 )
-    return errors
+        return errors
 
 
 def check_plan(problem: Problem, plan: Plan, rel_tol: float = 1e-6) -> Simulation:

@@ -119,8 +119,9 @@ def _shard_members(table: _Layout) -> dict[int, np.ndarray]:
 
 
 def _tensor_tiles(
-    index: int, t: TensorSpec, request: Request, sets: _DeviceSets, max_ndim: int
+    t: TensorSpec, request: Request, sets: _DeviceSets, max_ndim: int
 ) -> dict[str, np.ndarray]:
+    """Tiles of tensor `t`, as if it were tensor 0 (`build_tiles` sets the index)."""
     src = _layout_tables(t, t.src, request.meshes[t.src.mesh])
     dst = _layout_tables(t, t.dst, request.meshes[t.dst.mesh])
     pieces = [_dim_pieces(s, d) for s, d in zip(src.chunks, dst.chunks, strict=True)]
@@ -169,9 +170,8 @@ def _tensor_tiles(
     inv = inverse[keep]
     lo, hi = lo[keep], hi[keep]
     volume = np.prod(hi - lo, axis=1)
-    natural = np.stack([np.full(len(inv), index), first_dst[inv], first_src[inv]], axis=1)
+    natural = np.stack([np.zeros(len(inv), dtype=np.int64), first_dst[inv], first_src[inv]], axis=1)
     return {
-        "tensor": np.full(len(inv), index, dtype=np.int64),
         "lo": lo,
         "hi": hi,
         "num_bytes": volume * t.itemsize_bytes,
@@ -185,8 +185,21 @@ def build_tiles(request: Request) -> Tiles:
     """All tiles of all tensors of `request`, sorted in the baselines' natural order."""
     max_ndim = max(1, *(len(t.shape) for t in request.tensors))
     sets = _DeviceSets()
-    parts = [_tensor_tiles(i, t, request, sets, max_ndim) for i, t in enumerate(request.tensors)]
-    parts = [p for p in parts if p]
+    by_layout: dict[tuple[object, ...], dict[str, np.ndarray]] = {}
+    parts = []
+    for i, t in enumerate(request.tensors):
+        # identical layers and experts share their tiling; only the tensor index differs
+        key = (t.shape, t.itemsize_bytes, t.src, t.dst)
+        if key not in by_layout:
+            by_layout[key] = _tensor_tiles(t, request, sets, max_ndim)
+        template = by_layout[key]
+        if template:
+            natural = template["natural"].copy()
+            natural[:, 0] = i
+            count = len(natural)
+            parts.append(
+                {**template, "tensor": np.full(count, i, dtype=np.int64), "natural": natural}
+            )
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Tiles(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.plan import SolveStatus
 from planner.problem import Problem
@@ -38,6 +38,10 @@ MAX_MILP_COLUMNS = 20_000
 SOLVER_SHARE = {"cpsat": 0.5, "milp": 0.85}
 #: plans up to this many moves spend the time left on randomized list schedules
 SEARCH_MAX_MOVES = 3000
+#: share of the time limit the greedy start may take (its optional variants stop there)
+GREEDY_SHARE = 0.4
+#: a component is not started with less time left than this
+MIN_COMPONENT_S = 0.05
 
 
 def _makespan_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
@@ -103,7 +107,8 @@ def _solve_component(
         except MissingBackend as missing:
             found.notes.append(str(missing))
             continue
-        options = SolveOptions(time_limit_s=time_limit_s * SOLVER_SHARE[algorithm], seed=seed)
+        share_s = time_limit_s * SOLVER_SHARE[algorithm]
+        options = SolveOptions(share_s, seed, deadline=time.perf_counter() + share_s)
         routing = route(problem, items, jobs, options)
         break
     else:
@@ -114,8 +119,10 @@ def _solve_component(
 
 
 def auto(problem: Problem, options: SolveOptions) -> SolveResult:
-    deadline = time.perf_counter() + options.time_limit_s
-    baseline = greedy(problem, options)
+    started = time.perf_counter()
+    deadline = options.deadline if options.deadline is not None else started + options.time_limit_s
+    greedy_deadline = started + (deadline - started) * GREEDY_SHARE
+    baseline = greedy(problem, replace(options, deadline=greedy_deadline))
     baseline_makespan = result_makespan_s(problem, baseline)
     if baseline_makespan <= problem.lower_bound_s * (1 + 1e-9):
         baseline.notes.append("greedy reached the lower bound")
@@ -128,11 +135,17 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
     whole = baseline_makespan if len(comps) == 1 else None
     solved: dict[tuple[object, ...], _Found] = {}
     for sig, comp in distinct.items():
-        pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         left = deadline - time.perf_counter()
+        if left <= MIN_COMPONENT_S and whole is None:
+            baseline.notes.append("time limit reached before every component was solved")
+            return baseline
+        pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         share = left * len(comp.items) / pending
         comp_items = [items[i] for i in comp.items]
-        solved[sig] = _solve_component(problem, comp_items, share, options.seed, whole)
+        found = _solve_component(problem, comp_items, share, options.seed, whole)
+        if found.routing is not None and found.routing.order is None:
+            found.routing.order = list(to_result(problem, comp_items, found.routing).order)
+        solved[sig] = found
     notes = [
         f"{len(comps)} component(s), {len(distinct)} distinct; "
         + ", ".join(sorted({f.algorithm for f in solved.values()})),
@@ -146,31 +159,23 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
             baseline.status, baseline.best_bound_s = single.status, single.bound_s
         return baseline
     moves = MoveList(problem)
-    order: list[int] | None = []
+    order: list[int] = []
     for comp in comps:
         found = solved[comp.signature]
-        assert found.routing is not None
+        assert found.routing is not None and found.routing.order is not None
         routing = found.routing
         comp_items = [items[i] for i in comp.items]
         if comp is not distinct[comp.signature]:
             routing = replay(problem, comp_items, routing, distinct[comp.signature], comp)
         first = len(moves)
         realize(problem, comp_items, routing.shares, moves)
-        if (
-            order is not None
-            and routing.order is not None
-            and sorted(routing.order) == list(range(len(moves) - first))
-        ):
-            order.extend(first + k for k in routing.order)
-        else:
-            order = None
+        order.extend(first + k for k in found.routing.order)
     num_ports = problem.topology.num_ports
-    schedule = best_schedule(moves.moves, num_ports)
-    if order is not None:
-        given = in_order(moves.moves, num_ports, order)
-        if given.makespan_s <= schedule.makespan_s:
-            schedule = given
+    schedule = in_order(moves.moves, num_ports, order)
     if len(moves) <= SEARCH_MAX_MOVES:
+        better = best_schedule(moves.moves, num_ports)
+        if better.makespan_s < schedule.makespan_s:
+            schedule = better
         schedule = randomized_search(moves.moves, num_ports, schedule, deadline, options.seed)
     if schedule.makespan_s > baseline_makespan:
         baseline.notes += [*notes, "greedy plan kept"]

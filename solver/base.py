@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,15 @@ class SolveOptions:
     seed: int = 0
     #: CP-SAT workers; 1 keeps runs deterministic for a given seed
     num_workers: int = 1
+    #: `time.perf_counter()` by which a time-limited algorithm returns (`make_plan` sets it
+    #: from `time_limit_s`, keeping time to build and check the plan); None: no deadline
+    deadline: float | None = None
+
+    def seconds_left(self) -> float:
+        """Seconds until the deadline (the whole time limit when there is none)."""
+        if self.deadline is None:
+            return self.time_limit_s
+        return max(0.0, self.deadline - time.perf_counter())
 
 
 @dataclass

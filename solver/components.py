@@ -54,10 +54,13 @@ def components(problem: Problem, items: Sequence[Item]) -> list[Component]:
     groups: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(_find(parent, topo.host_of[item.holders[0]]), []).append(i)
+    hosts_of_root: dict[int, list[int]] = {}
+    for h in range(topo.num_hosts):
+        hosts_of_root.setdefault(_find(parent, h), []).append(h)
     out = []
     for members in groups.values():
         root = _find(parent, topo.host_of[items[members[0]].holders[0]])
-        comp_hosts = tuple(h for h in range(topo.num_hosts) if _find(parent, h) == root)
+        comp_hosts = tuple(hosts_of_root[root])
         label_of = {
             d: (rank, pos)
             for rank, h in enumerate(comp_hosts)

@@ -12,21 +12,28 @@
      split across senders and entry rails, each part all-gathered inside every receiving host;
      the split is kept when it finishes the item at least 1% sooner.
 3. Order: non-delay list schedules under port-v1 with a few priority rules, the best kept.
-4. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead.
+4. Independent components (no shared host) are planned apart; identical ones (a pipeline
+   boundary's host pairs) once, the routing and order replayed on the others.
+5. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
+from solver.components import Component, components, replay
 from solver.items import Item, bundle, coalesce
+from solver.moves import MoveList
 from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs
-from solver.routing import Routing, result_makespan_s, to_result
+from solver.routing import Routing, realize, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
@@ -36,6 +43,9 @@ GREEDY_SPLIT_SHARE = 0.5
 #: routing passes after the first, and the item count above which they are skipped
 REROUTE_PASSES = 2
 REROUTE_MAX_ITEMS = 2000
+#: the baselines the greedy must not lose to are planned up to this many tiles (beyond, a
+#: message per tile costs more to plan and simulate than the greedy itself)
+BASELINE_MAX_TILES = 20_000
 #: items shorter than this many latencies on a NIC are also tried bundled (see `bundle`)
 BUNDLE_LATENCIES = 40.0
 
@@ -116,18 +126,20 @@ class Router:
 
 
 def route_all(
-    problem: Problem, items: Sequence[Item], per_host: bool = False
+    problem: Problem, items: Sequence[Item], per_host: bool = False, deadline: float | None = None
 ) -> list[list[tuple[Job, Recipe]]]:
     """The greedy's recipe for every job of every item.
 
     After the first pass every item is routed again against the load of all the others (its
     own taken off), so early items that grabbed idle rails give them back when later items need
-    them more; this stops when a pass changes nothing.
+    them more; this stops when a pass changes nothing, or at the `deadline` (perf_counter).
     """
     router = Router(problem, per_host)
     chosen = [router.route(i, item) for i, item in enumerate(items)]
     passes = REROUTE_PASSES if len(items) <= REROUTE_MAX_ITEMS else 0
     for _ in range(passes):
+        if _past(deadline):
+            break
         changed = False
         for i, item in enumerate(items):
             for _, recipe in chosen[i]:
@@ -140,34 +152,90 @@ def route_all(
     return chosen
 
 
-def greedy_routing(problem: Problem, items: Sequence[Item], per_host: bool = False) -> Routing:
+def greedy_routing(
+    problem: Problem, items: Sequence[Item], per_host: bool = False, deadline: float | None = None
+) -> Routing:
     """The router's recipes as a routing (each item whole on its recipe)."""
-    return Routing(
-        [[(r, 1.0)] for per_item in route_all(problem, items, per_host) for _, r in per_item]
-    )
+    routed = route_all(problem, items, per_host, deadline)
+    return Routing([[(r, 1.0)] for per_item in routed for _, r in per_item])
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+@dataclass
+class _Solved:
+    """A component's best greedy routing (with its schedule's order) and which items it routes."""
+
+    routing: Routing
+    bundled: bool
+    makespan_s: float
+
+
+def _component_items(problem: Problem, items: list[Item], bundled: bool) -> list[Item]:
+    return bundle(problem, items, BUNDLE_LATENCIES) if bundled else items
+
+
+def _solve(problem: Problem, items: list[Item], deadline: float | None) -> _Solved:
+    """Route and list-schedule one component's items, also with its small items bundled and,
+    on small components, with a move per remote host allowed; the shortest wins. Past the
+    `deadline` only the first of these is made, in one routing pass."""
+    sets = [False]
+    if len(_component_items(problem, items, True)) < len(items):
+        sets.append(True)
+    variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
+    best: _Solved | None = None
+    for bundled in sets:
+        its = _component_items(problem, items, bundled)
+        for per_host in variants:
+            if best is not None and _past(deadline):
+                return best
+            routing = greedy_routing(problem, its, per_host, deadline)
+            result = to_result(problem, its, routing)
+            routing.order = list(result.order)
+            makespan = result_makespan_s(problem, result)
+            if best is None or makespan < best.makespan_s:
+                best = _Solved(routing, bundled, makespan)
+    assert best is not None
+    return best
 
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
-    """Route and list-schedule, also with small items bundled per sender and receiving hosts
-    and, on small problems, with a move per remote host allowed. The shortest plan wins,
-    `broadcast-lb` and `sendrecv` included."""
+    """The greedy plan of every independent component (identical components are solved once
+    and the routing replayed), unless `broadcast-lb` or `sendrecv` is shorter.
+
+    With a deadline in `options` (as `auto` gives it), the variants, routing passes and
+    baselines not started by then are skipped: the first routing pass is the cheap plan."""
+    deadline = options.deadline
     items = coalesce(problem)
-    item_sets = [items]
-    bundled = bundle(problem, items, BUNDLE_LATENCIES)
-    if len(bundled) < len(items):
-        item_sets.append(bundled)
-    variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
-    candidates = [
-        ("", to_result(problem, its, greedy_routing(problem, its, per_host)))
-        for its in item_sets
-        for per_host in variants
-    ]
-    candidates += [
-        ("broadcast-lb", broadcast_lb(problem, options)),
-        ("sendrecv", sendrecv(problem, options)),
-    ]
-    timed = [(result_makespan_s(problem, result), k) for k, (_, result) in enumerate(candidates)]
-    name, best = candidates[min(timed)[1]]
-    if name:
-        best.notes.append(f"{name} was shorter")
+    comps = components(problem, items)
+    solved: dict[tuple[object, ...], tuple[Component, _Solved]] = {}
+    moves = MoveList(problem)
+    order: list[int] = []
+    for comp in comps:
+        comp_items = [items[i] for i in comp.items]
+        if comp.signature not in solved:
+            solved[comp.signature] = (comp, _solve(problem, comp_items, deadline))
+        first, found = solved[comp.signature]
+        its = _component_items(problem, comp_items, found.bundled)
+        routing = found.routing
+        if comp is not first:
+            routing = replay(problem, its, routing, first, comp)
+        offset = len(moves)
+        realize(problem, its, routing.shares, moves)
+        assert routing.order is not None
+        order.extend(offset + k for k in routing.order)
+    makespan = max((found.makespan_s for _, found in solved.values()), default=0.0)
+    notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
+    best = SolveResult(moves.moves, order, SolveStatus.HEURISTIC, None, notes)
+    if len(problem.tiles) > BASELINE_MAX_TILES:
+        return best
+    for name, baseline in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):
+        if _past(deadline):
+            break
+        result = baseline(problem, options)
+        if result_makespan_s(problem, result) < makespan:
+            best, makespan = result, result_makespan_s(problem, result)
+            best.notes.append(f"{name} was shorter")
     return best

@@ -13,7 +13,6 @@ moves list-scheduled.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,6 +31,9 @@ _HIGHS = "HiGHS" in pulp.listSolvers(onlyAvailable=True)
 
 #: fractions below this are dropped (and the rest rescaled): a sliver is not worth a latency
 MIN_FRACTION = 0.02
+#: larger models are not built: the greedy routes are returned (building alone would take
+#: longer than time limits allow)
+MAX_COLUMNS = 200_000
 
 
 def _latency_part_s(problem: Problem, duration_s: float, dst_hops: int) -> float:
@@ -91,21 +93,16 @@ def milp_routing(
 ) -> Routing:
     """Route fractions from the MILP. With HiGHS the bound is its MIP dual bound; with CBC the
     LP relaxation is solved first for it."""
-    started = time.perf_counter()
+    columns = sum(len(job.recipes) for job in jobs)
+    if columns > MAX_COLUMNS or options.seconds_left() <= 0:
+        note = f"milp: {columns} route columns, {options.seconds_left():.2f} s left; greedy routes"
+        return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=[note])
     lp, busiest, fraction = _model(problem, jobs)
     bound = None
     if not _HIGHS:
-        lp.solve(
-            _solver(
-                (options.time_limit_s - (time.perf_counter() - started)) / 3,
-                options.seed,
-                mip=False,
-            )
-        )
+        lp.solve(_solver(options.seconds_left() / 3, options.seed, mip=False))
         bound = pulp.value(busiest) if pulp.LpStatus[lp.status] == "Optimal" else None
-    lp.solve(
-        _solver(options.time_limit_s - (time.perf_counter() - started), options.seed, mip=True)
-    )
+    lp.solve(_solver(options.seconds_left(), options.seed, mip=True))
     if _HIGHS:
         bound = _highs_dual_bound(lp)
     shares: list[list[Share]] = []

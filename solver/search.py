@@ -108,7 +108,7 @@ class _Search:
 def search(problem: Problem, options: SolveOptions) -> SolveResult:
     incumbent = broadcast_lb(problem, options)
     num_ports = problem.topology.num_ports
-    dfs = _Search(problem, time.perf_counter() + options.time_limit_s)
+    dfs = _Search(problem, time.perf_counter() + options.seconds_left())
     dfs.best_makespan = in_order(incumbent.moves, num_ports, incumbent.order).makespan_s * (
         1 + 1e-12
     )

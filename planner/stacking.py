@@ -1,0 +1,72 @@
+"""Identical tensors planned as one: real models repeat a few layouts thousands of times.
+
+Tensors with the same shape, dtype and source and destination layouts (every layer of one
+pipeline stage, every expert on one rank) have the same tiles, holders and needers. Stacked
+along a new leading dim they become one tensor of the same bytes, whose tiles coalesce into
+the same items, so a solver plans the stack once instead of every member. `Stacking.expand`
+turns a plan of the stacked request back into the request's own tensors: a piece covering
+rows `[a, b)` of the stack is the pieces of members `a..b-1`, with the same box. Sources,
+destinations and bytes of every transfer are unchanged, so port-v1 times are too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from planner.plan import Piece, Transfer
+from planner.request import Layout, Request, TensorSpec
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """The stacked request and, per stacked tensor, the request tensors it holds."""
+
+    request: Request
+    #: request tensor indices per stacked tensor (one index: not stacked, same box)
+    members: tuple[tuple[int, ...], ...]
+
+    def expand(self, transfers: Sequence[Transfer]) -> tuple[Transfer, ...]:
+        """`transfers` of the stacked request as transfers of the original one."""
+        return tuple(replace(t, pieces=self._pieces(t.pieces)) for t in transfers)
+
+    def _pieces(self, pieces: Sequence[Piece]) -> tuple[Piece, ...]:
+        out: list[Piece] = []
+        for piece in pieces:
+            members = self.members[piece.tensor]
+            if len(members) == 1:
+                out.append(Piece(members[0], piece.box))
+                continue
+            (lo, hi), rest = piece.box[0], piece.box[1:]
+            out.extend(Piece(members[i], rest) for i in range(lo, hi))
+        return tuple(out)
+
+
+def _shifted(layout: Layout) -> Layout:
+    return Layout(layout.mesh, tuple(None if p is None else p + 1 for p in layout.placements))
+
+
+def stack_identical(request: Request) -> Stacking | None:
+    """The request with identical tensors stacked, or None when no two tensors are alike."""
+    classes: dict[tuple[object, ...], list[int]] = {}
+    for i, t in enumerate(request.tensors):
+        classes.setdefault((t.shape, t.dtype, t.src, t.dst), []).append(i)
+    if len(classes) == len(request.tensors):
+        return None
+    tensors: list[TensorSpec] = []
+    for members in classes.values():
+        first = request.tensors[members[0]]
+        if len(members) == 1:
+            tensors.append(first)
+            continue
+        tensors.append(
+            TensorSpec(
+                f"{first.name} (+{len(members) - 1} alike)",
+                (len(members), *first.shape),
+                first.dtype,
+                _shifted(first.src),
+                _shifted(first.dst),
+            )
+        )
+    stacked = replace(request, tensors=tuple(tensors))
+    return Stacking(stacked, tuple(tuple(m) for m in classes.values()))
