@@ -82,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = replace(plan, wire_bytes=simulate(problem, plan.transfers).wire_bytes)
     print(_summary(plan))
     if args.output:
-        Path(args.output).write_text(json.dumps(plan.to_json(), indent=1))
+        Path(args.output).write_text(json.dumps(plan.to_json(), separators=(",", ":")))
         print(f"plan written to {args.output}")
     if args.trace:
         from api.render import write_trace

@@ -18,10 +18,10 @@ class Settings:
     cache_url: str = ".meshcast/plans.sqlite3"
     #: largest `options.time_limit_s` a caller may ask for
     max_time_limit_s: float = 60.0
-    #: largest request body, in bytes (413 beyond)
-    max_body_bytes: int = 8 << 20
-    #: most tensors in one request
-    max_tensors: int = 1024
+    #: largest request body, in bytes (413 beyond): 100,000 tensors take about 20 MB
+    max_body_bytes: int = 64 << 20
+    #: most tensors in one request (a per-expert MoE checkpoint has tens of thousands)
+    max_tensors: int = 100_000
     #: most devices in one request's cluster
     max_devices: int = 16384
     #: solver processes (0: solve on threads of the server process)

@@ -1,17 +1,22 @@
-"""Solve time against device count: greedy, milp and auto on the 1024-GPU case's shape, 8 to
-4096 GPUs (`planner.synthetic.transpose_request`: 256 KiB tiles at every size).
+"""Planning time against request size: tensors (MoE refits named per expert, 100 to 50,000
+tensors on 192 GPUs), devices (pipeline boundaries, 64 to 16,384 GPUs) and the tiles that
+follow, for greedy and auto.
 
-An algorithm whose run took longer than `--give-up` seconds is not tried on larger sizes.
-Writes `benchmarks/results/solver_scaling.{md,json,png}`.
+Every row is one whole `meshcast plan` in process, wall time split into parse (JSON, checks,
+tiling), solve (the algorithm), plan (building the plan and checking it under port-v1) and
+write (the plan's JSON). A size whose run took longer than `--give-up` seconds ends that
+sweep for that algorithm. Writes `benchmarks/results/solver_scaling.{md,json,png}`.
 
-    python benchmarks/solver_scaling.py [--max-devices N] [--time-limit S]
+    python benchmarks/solver_scaling.py [--time-limit 5] [--max-devices N] [--max-tensors N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,65 +24,120 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, markdown_table, write_results
 from planner import build_problem, parse_request
-from planner.synthetic import transpose_request
+from planner.synthetic_scale import boundary_request, moe_refit_at_scale
 from solver import SolveOptions, make_plan
 
-ALGORITHMS = ("greedy", "milp", "auto")
+ALGORITHMS = ("greedy", "auto")
+
+
+def refit_with(num_tensors: int) -> dict[str, Any]:
+    """A per-expert refit (4 stages of 4x8 GPUs to 8 engines of 8) with about `num_tensors`
+    tensors: 263 per layer (7 dense, 128 experts x 2)."""
+    layers = max(1, round((num_tensors - 3) / 263))
+    return moe_refit_at_scale(
+        num_layers=layers,
+        hidden=4096,
+        q_dim=8192,
+        kv_dim=512,
+        ffn=1536,
+        num_experts=128,
+        vocab=151936,
+        num_stages=min(4, layers),
+        stage_dp=4,
+        num_engines=8,
+    )
+
+
+def sweeps(max_tensors: int, max_devices: int) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    for n in (100, 1_000, 5_000, 25_000, 50_000):
+        if n <= max_tensors:
+            yield "tensors", n, refit_with(n)
+    for devices in (64, 256, 1024, 4096, 16384):
+        if devices <= max_devices:
+            hosts = devices // 16
+            # every GPU sends its slice to its peer: one message each
+            yield (
+                "boundary",
+                devices,
+                boundary_request(hosts, batch=8 * hosts, seq=4096, dst_placements=("S(0)", "S(1)")),
+            )
+    for devices in (64, 256, 1024, 4096, 16384):
+        if devices <= max_devices:
+            hosts = devices // 16
+            # every GPU of the next stage gathers its host's rows: all-gathers inside hosts
+            yield "gather", devices, boundary_request(hosts, batch=4 * hosts)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+def plan_once(request: dict[str, Any], algorithm: str, time_limit_s: float) -> dict[str, Any]:
+    text = json.dumps(request)
+    problem, parse_s = timed(lambda: build_problem(parse_request(json.loads(text))))
+    plan, wall_s = timed(
+        lambda: make_plan(problem, algorithm, SolveOptions(time_limit_s=time_limit_s))
+    )
+    written, write_s = timed(lambda: json.dumps(plan.to_json(), separators=(",", ":")))
+    return {
+        "tensors": len(problem.request.tensors),
+        "devices": sum(len(h) for h in problem.request.cluster.hosts),
+        "tiles": len(problem.tiles),
+        "transfers": len(plan.transfers),
+        "parse_s": parse_s,
+        "solve_s": plan.solve_time_s - plan.check_s,
+        "plan_s": plan.check_s + (wall_s - plan.solve_time_s),
+        "write_s": write_s,
+        "wall_s": parse_s + wall_s + write_s,
+        "solve_time_s": plan.solve_time_s,
+        "ratio": plan.ratio,
+        "plan_mb": len(written) / 1e6,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-devices", type=int, default=4096)
-    parser.add_argument("--time-limit", type=float, default=2.0)
+    parser.add_argument("--time-limit", type=float, default=5.0, help="auto's limit (s)")
+    parser.add_argument("--max-devices", type=int, default=16384)
+    parser.add_argument("--max-tensors", type=int, default=50_000)
     parser.add_argument("--give-up", type=float, default=60.0)
     args = parser.parse_args()
-    sizes = [
-        n
-        for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-        if n <= args.max_devices
-    ]
     rows: list[dict[str, Any]] = []
-    stopped: set[str] = set()
-    for n in sizes:
-        started = time.perf_counter()
-        problem = build_problem(parse_request(transpose_request(n)))
-        row: dict[str, Any] = {
-            "devices": n,
-            "tiles": len(problem.tiles),
-            "tiling_s": time.perf_counter() - started,
-        }
+    stopped: set[tuple[str, str]] = set()
+    for sweep, size, request in sweeps(args.max_tensors, args.max_devices):
         for algorithm in ALGORITHMS:
-            if algorithm in stopped:
+            if (sweep, algorithm) in stopped:
                 continue
-            started = time.perf_counter()
-            plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=args.time_limit))
-            wall = time.perf_counter() - started
-            row[algorithm] = {"wall_s": wall, "ratio": plan.ratio, "transfers": len(plan.transfers)}
+            row = {"sweep": sweep, "size": size, "algorithm": algorithm}
+            row |= plan_once(request, algorithm, args.time_limit)
+            rows.append(row)
             print(
-                f"{n:6d} devices {len(problem.tiles):7d} tiles  {algorithm:<7} "
-                f"{wall:7.2f} s  ratio {plan.ratio:.3f}",
+                f"{sweep:<9} {size:>6} {algorithm:<7} {row['tiles']:>8} tiles "
+                f"{row['wall_s']:7.2f} s wall (parse {row['parse_s']:.2f} solve "
+                f"{row['solve_s']:.2f} plan {row['plan_s']:.2f} write {row['write_s']:.2f}) "
+                f"ratio {row['ratio']:.4f}",
                 flush=True,
             )
-            if wall > args.give_up:
-                stopped.add(algorithm)
-        rows.append(row)
+            if row["wall_s"] > args.give_up:
+                stopped.add((sweep, algorithm))
     header = [
-        "devices",
-        "tiles",
-        "tiling s",
-        *(f"{a} s" for a in ALGORITHMS),
-        *(f"{a} ratio" for a in ALGORITHMS),
-    ]
+        "sweep", "size", "algorithm", "tensors", "devices", "tiles", "transfers",
+        "parse s", "solve s", "plan s", "write s", "wall s", "solve_time_s", "ratio",
+    ]  # fmt: skip
     body = [
-        [r["devices"], r["tiles"], r["tiling_s"]]
-        + [r[a]["wall_s"] if a in r else float("nan") for a in ALGORITHMS]
-        + [r[a]["ratio"] if a in r else float("nan") for a in ALGORITHMS]
+        [r["sweep"], r["size"], r["algorithm"], r["tensors"], r["devices"], r["tiles"],
+         r["transfers"], r["parse_s"], r["solve_s"], r["plan_s"], r["write_s"], r["wall_s"],
+         r["solve_time_s"], r["ratio"]]
         for r in rows
-    ]
+    ]  # fmt: skip
     markdown = (
-        "# Solver scaling (transpose S(0),S(1) -> S(1),S(0), 256 KiB tiles, "
-        f"time limit {args.time_limit:g} s)\n\n"
-        "Wall seconds per plan (simulation and validity check included); "
+        f"# Planning time against request size (auto's time limit {args.time_limit:g} s)\n\n"
+        "tensors: per-expert MoE refits on 192 GPUs; boundary: one message per GPU between "
+        "two [hosts, 8] stages; gather: every GPU of the next stage gathers its host's rows. "
+        "Wall = parse (JSON, checks, tiling) + solve + plan (build and check under port-v1) "
+        "+ write (plan JSON); solve_time_s is what the plan reports (solve + plan); "
         "ratio = makespan / lower bound.\n\n" + markdown_table(header, body)
     )
     print()
@@ -94,16 +154,29 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for algorithm in ALGORITHMS:
-        points = [(r["devices"], r[algorithm]["wall_s"]) for r in rows if algorithm in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=algorithm)
-    ax.set_xscale("log", base=2)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for sweep, marker in (("tensors", "o"), ("boundary", "s"), ("gather", "^")):
+        for algorithm, style in (("greedy", "-"), ("auto", "--")):
+            points = sorted(
+                (r["tiles"] + r["transfers"], r["wall_s"])
+                for r in rows
+                if r["sweep"] == sweep and r["algorithm"] == algorithm
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), style, marker=marker,
+                        label=f"{sweep}, {algorithm}")  # fmt: skip
+    work = [r["tiles"] + r["transfers"] for r in rows]
+    if work:
+        lo, hi = min(work), max(work)
+        ax.plot(
+            [lo, hi], [lo * 2e-5, hi * 2e-5], ":", color="grey", label="20 us per tile+transfer"
+        )
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("devices")
-    ax.set_ylabel("wall seconds per plan")
+    ax.set_xlabel("tiles + transfers")
+    ax.set_ylabel("wall seconds per `meshcast plan`")
     ax.grid(True, which="both", linewidth=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

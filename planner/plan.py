@@ -64,6 +64,9 @@ class Plan:
     #: seconds each port (by number) is held: what the planner's simulation found (not part
     #: of the JSON document)
     port_busy_s: tuple[float, ...] = field(default=(), compare=False, repr=False)
+    #: of `solve_time_s`, the seconds spent building and checking the plan from the solver's
+    #: moves (not part of the JSON document)
+    check_s: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def ratio(self) -> float:

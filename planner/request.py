@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -167,7 +168,7 @@ class Request:
             },
         }
 
-    @property
+    @cached_property
     def request_id(self) -> str:
         """sha256 of the canonical JSON (sorted keys, no whitespace)."""
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))

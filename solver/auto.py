@@ -137,7 +137,7 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
     for sig, comp in distinct.items():
         left = deadline - time.perf_counter()
         if left <= MIN_COMPONENT_S and whole is None:
-            baseline.notes.append("time limit reached before every component was solved")
+            baseline.notes.append("time limit reached before every component was solved: greedy plan kept")
             return baseline
         pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         share = left * len(comp.items) / pending

@@ -10,8 +10,6 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from planner.cost import transfer_cost
 from planner.mesh import Box
 from planner.plan import Piece, Transfer
@@ -75,7 +73,8 @@ def split_piece(piece: Piece, fractions: Sequence[float]) -> list[Piece | None]:
     box = piece.box
     if not box:
         return [piece] + [None] * (len(fractions) - 1)
-    dim = int(np.argmax([hi - lo for lo, hi in box]))
+    extents = [hi - lo for lo, hi in box]
+    dim = extents.index(max(extents))  # the first longest, as numpy's argmax
     lo, hi = box[dim]
     total = sum(fractions)
     cuts = [lo]

@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 from planner.errors import RequestError
-from planner.plan import Plan, SolveStatus
+from planner.plan import Plan, SolveStatus, Transfer
 from planner.problem import Problem, build_problem
 from planner.request import Request
 from planner.simulate import simulate
@@ -86,11 +86,17 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     stacked = problem.stacked if name in PLAN_STACKED else None
     work = stacked[0] if stacked is not None else problem
     result = solve(work, options)
-    transfers = tuple(result.moves[i].to_transfer() for i in result.order)
+    solved = time.perf_counter()
+    transfers = [result.moves[i].to_transfer() for i in result.order]
     sim = simulate(work, transfers)
+    transfers = [
+        Transfer(t.src, t.dst, t.pieces, start, end)
+        for t, (start, end) in zip(transfers, sim.times, strict=True)
+    ]
     if stacked is not None:
-        transfers = stacked[1].expand(transfers)
-    solve_time = time.perf_counter() - started
+        transfers = list(stacked[1].expand(transfers))
+    finished = time.perf_counter()
+    solve_time = finished - started
     if not sim.valid:
         raise RuntimeError(f"{name} produced an invalid plan: {sim.errors[0]}")
     status, best_bound = result.status, result.best_bound_s
@@ -101,18 +107,19 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
         status = SolveStatus.OPTIMAL  # the solver's own proven bound is met
     if best_bound is not None:  # float noise in unit conversions must not exceed the plan
         best_bound = min(best_bound, sim.makespan_s)
-    plan = Plan(
+    return Plan(
         request_id=problem.request.request_id,
         algorithm=name,
-        transfers=transfers,
+        transfers=tuple(transfers),
+        makespan_s=sim.makespan_s,
         lower_bound_s=lower_bound,
         solve_time_s=solve_time,
         status=status,
         best_bound_s=best_bound,
         wire_bytes=sim.wire_bytes,
         port_busy_s=tuple(sim.port_busy_s),
+        check_s=finished - solved,
     )
-    return plan.with_times(sim.times, sim.makespan_s)
 
 
 def plan_request(request: Request) -> Plan:

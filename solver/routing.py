@@ -36,6 +36,8 @@ class Routing:
 def _slices(item: Item, fractions: Sequence[float]) -> list[Item]:
     """The item cut by `fractions` (each slice keeps which devices need its pieces)."""
     owners = item.piece_needers or tuple(item.needers for _ in item.pieces)
+    if len(fractions) == 1:  # the whole item: nothing to cut
+        return [Item(item.pieces, 0, item.holders, item.needers, owners)]
     pieces: list[list[Piece]] = [[] for _ in fractions]
     needers: list[list[tuple[int, ...]]] = [[] for _ in fractions]
     for piece, who in zip(item.pieces, owners, strict=True):

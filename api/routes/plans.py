@@ -54,6 +54,18 @@ def accepted_request(body: Any, settings: Settings, field_prefix: str = "") -> R
         raise unprocessable(field_prefix + err.field, err.message) from None
 
 
+async def accepted_off_loop(body: Any, settings: Settings) -> Request:
+    """`accepted_request` on a worker thread, its id computed there too: a request of tens of
+    thousands of tensors takes a second to check, and the event loop keeps serving."""
+
+    def accept() -> Request:
+        request = accepted_request(body, settings)
+        _ = request.request_id
+        return request
+
+    return await asyncio.to_thread(accept)
+
+
 def _within_limits(request: Request, settings: Settings) -> Request:
     resolve(request.options.algorithm)
     if len(request.tensors) > settings.max_tensors:
@@ -81,7 +93,7 @@ def _within_limits(request: Request, settings: Settings) -> Request:
 async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> JSONResponse:
     """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request.
     Header `X-Cache: hit` when nothing was solved for this call."""
-    request = accepted_request(body, settings)
+    request = await accepted_off_loop(body, settings)
     try:
         plan, hit = await planner.plan(request)
     except (Overloaded, SolverCrashed) as err:
@@ -108,7 +120,7 @@ async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
 @router.post("/compare")
 async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Every algorithm on one request, side by side (not cached)."""
-    request = accepted_request(body, settings)
+    request = await accepted_off_loop(body, settings)
     try:
         rows = await planner.compare(request)
     except SolverCrashed as err:

@@ -16,6 +16,7 @@ from api.app import create_app
 from api.cli import main as cli_main
 from api.settings import Settings, SettingsError
 from planner.summary import SUMMARY_KEYS
+from planner.synthetic_scale import moe_refit_at_scale
 from tests.conftest import load_case
 
 CASE = load_case("paper-n2m-case6")
@@ -243,6 +244,21 @@ def test_tensor_and_device_caps(tmp_path: Path) -> None:
         response = client.post("/v1/check", json={"request": CASE, "plan": plan})
         assert response.status_code == 422
         assert response.json()["detail"]["field"] == "request.cluster.hosts"
+
+
+def test_default_limits_admit_a_per_expert_refit(tmp_path: Path, plancheck: Any) -> None:
+    refit = moe_refit_at_scale(
+        num_layers=8, hidden=256, q_dim=256, kv_dim=64, ffn=128, num_experts=64,
+        vocab=1024, num_stages=2, stage_dp=1, num_engines=2,
+    )  # fmt: skip
+    assert len(refit["tensors"]) > 1024  # the old default limit
+    defaults = Settings()
+    app = create_app(settings_for(tmp_path, max_time_limit_s=defaults.max_time_limit_s))
+    with TestClient(app) as client:
+        response = client.post("/v1/plans", json=refit)
+        assert response.status_code == 200, response.text
+        verdict = plancheck.check(refit, response.json()["plan"])
+        assert verdict["valid"], verdict["errors"]
 
 
 def test_cache_survives_restart(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from planner import PlanFormatError
+from planner.boxes import covers
 from planner.cost import transfer_cost
 from planner.plan import Piece, Plan, SolveStatus, Transfer
 from planner.simulate import check_plan, simulate
@@ -137,3 +138,16 @@ def test_malformed_plans_name_the_field(change, field: str) -> None:  # type: ig
     with pytest.raises(PlanFormatError) as info:
         Plan.from_json(data)
     assert info.value.field == field
+
+
+def test_covers_decides_disjoint_overlapping_and_holed_covers() -> None:
+    target = ((0, 4), (0, 4))
+    halves = [((0, 2), (0, 4)), ((2, 4), (0, 4))]
+    assert covers(target, halves)
+    assert covers(target, [((0, 3), (0, 4)), ((1, 4), (0, 4))])  # overlapping, complete
+    # overlapping boxes whose volumes add up to the target's, with a hole at rows 3..4
+    holed = [((0, 3), (0, 4)), ((0, 1), (0, 4)), ((3, 4), (0, 2))]
+    assert sum((b[0][1] - b[0][0]) * (b[1][1] - b[1][0]) for b in holed) >= 16
+    assert not covers(target, holed)
+    assert not covers(target, halves[:1])
+    assert covers((), [()]) and not covers((), [])

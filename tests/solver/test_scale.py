@@ -1,0 +1,50 @@
+"""Planning at scale: identical components solved once, and deadlines honoured."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from planner.simulate import check_plan
+from planner.synthetic_scale import boundary_request
+from solver import SolveOptions, make_plan
+from solver.auto import auto
+from solver.greedy import greedy
+from tests.conftest import problem_of
+
+
+def test_identical_host_pairs_are_routed_once_and_replayed(plancheck: Any) -> None:
+    one = problem_of(boundary_request(1, batch=4, seq=64, hidden=512))
+    four = problem_of(boundary_request(4, batch=16, seq=64, hidden=512))
+    result = greedy(four, SolveOptions())
+    assert "4 component(s), 1 distinct" in result.notes
+    plan, alone = (
+        make_plan(four, "greedy", SolveOptions()),
+        make_plan(one, "greedy", SolveOptions()),
+    )
+    assert check_plan(four, plan).valid
+    assert len(plan.transfers) == 4 * len(alone.transfers)
+    assert plan.makespan_s == pytest.approx(alone.makespan_s, rel=1e-12)
+    verdict = plancheck.check(boundary_request(4, batch=16, seq=64, hidden=512), plan.to_json())
+    assert verdict["valid"], verdict["errors"]
+
+
+def test_a_passed_deadline_still_gives_the_greedy_plan_in_one_pass() -> None:
+    problem = problem_of(boundary_request(2, batch=8, seq=64, hidden=512))
+    past = SolveOptions(deadline=time.perf_counter())
+    result = greedy(problem, past)
+    full = greedy(problem, SolveOptions())
+    assert len(result.moves) > 0
+    assert not any("was shorter" in note for note in result.notes)  # no baselines tried
+    assert len(result.moves) <= len(full.moves) * 4
+    late = auto(problem, past)
+    assert any("greedy plan kept" in note for note in late.notes)
+
+
+def test_auto_reports_its_solve_time_and_stays_valid_under_a_short_limit() -> None:
+    problem = problem_of(boundary_request(2, batch=8, seq=64, hidden=512))
+    plan = make_plan(problem, "auto", SolveOptions(time_limit_s=0.3))
+    assert check_plan(problem, plan).valid
+    assert 0 < plan.check_s < plan.solve_time_s
