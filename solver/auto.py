@@ -72,11 +72,12 @@ class _Found:
 def _solve_component(
     problem: Problem, items: Sequence[Item], time_limit_s: float, seed: int, greedy_s: float | None
 ) -> _Found:
-    """The best routing found for one component's items.
+    """The best routing found for one component's items within `time_limit_s` from now.
 
     `greedy_s` is the greedy makespan to beat when known (the component is the whole request);
     otherwise the component's own greedy routing is computed, and kept when nothing beats it.
     """
+    ends = time.perf_counter() + time_limit_s
     found = _Found(None)
     if greedy_s is None:
         found.routing = min(
@@ -110,7 +111,7 @@ def _solve_component(
         except MissingBackend as missing:
             found.notes.append(str(missing))
             continue
-        share_s = time_limit_s * SOLVER_SHARE[algorithm]
+        share_s = max(0.0, ends - time.perf_counter()) * SOLVER_SHARE[algorithm]
         options = SolveOptions(share_s, seed, deadline=time.perf_counter() + share_s)
         routing = route(problem, items, jobs, options)
         break

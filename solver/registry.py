@@ -54,7 +54,7 @@ ALGORITHMS: dict[str, tuple[Algorithm, str]] = {
 #: the algorithms that return by the time limit, and the share of it they get (the rest is
 #: for building and checking the plan)
 TIME_LIMITED = frozenset({"auto", "cpsat", "milp", "search"})
-SOLVER_SHARE = 0.85
+SOLVER_SHARE = 0.8
 #: the algorithms that plan identical tensors as one stack
 PLAN_STACKED = frozenset({"greedy", "auto", "cpsat", "milp", "search"})
 
