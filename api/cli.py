@@ -74,7 +74,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     algorithm = chosen_algorithm(problem, args)
     options = solve_options(problem, args)
     print(
-        f"planning {len(problem.tiles)} tiles with {algorithm} (limit {options.time_limit_s:g} s)",
+        f"planning {len(problem.request.tensors)} tensors with {algorithm} "
+        f"(limit {options.time_limit_s:g} s)",
         file=sys.stderr,
     )
     plan = _plan_maybe_remote(problem, algorithm, options, args.server)

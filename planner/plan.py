@@ -109,7 +109,7 @@ class Plan:
                 "src": t.src,
                 "dst": list(t.dst),
                 "pieces": [
-                    {"tensor": p.tensor, "box": [list(iv) for iv in p.box]} for p in t.pieces
+                    {"tensor": p.tensor, "box": [[lo, hi] for lo, hi in p.box]} for p in t.pieces
                 ],
                 "start_s": t.start_s,
                 "end_s": t.end_s,

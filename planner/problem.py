@@ -21,10 +21,15 @@ class Problem:
 
     request: Request
     topology: Topology
-    tiles: Tiles
     src_devices: frozenset[int]
     dst_devices: frozenset[int]
     _cache: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def tiles(self) -> Tiles:
+        """Every tile of the request (computed when first asked: a plan of the stacked
+        request never needs the request's own)."""
+        return build_tiles(self.request)
 
     @cached_property
     def lower_bound_s(self) -> float:
@@ -37,10 +42,7 @@ class Problem:
         stacking = stack_identical(self.request)
         if stacking is None:
             return None
-        tiles = build_tiles(stacking.request)
-        problem = Problem(
-            stacking.request, self.topology, tiles, self.src_devices, self.dst_devices
-        )
+        problem = Problem(stacking.request, self.topology, self.src_devices, self.dst_devices)
         return problem, stacking
 
     def piece_bytes(self, piece: Piece) -> int:
@@ -75,4 +77,4 @@ def build_problem(request: Request) -> Problem:
     """Tile the request and index its cluster."""
     src = frozenset(d for t in request.tensors for d in request.meshes[t.src.mesh].devices)
     dst = frozenset(d for t in request.tensors for d in request.meshes[t.dst.mesh].devices)
-    return Problem(request, Topology.from_cluster(request.cluster), build_tiles(request), src, dst)
+    return Problem(request, Topology.from_cluster(request.cluster), src, dst)
