@@ -70,7 +70,12 @@ class _Found:
 
 
 def _solve_component(
-    problem: Problem, items: Sequence[Item], time_limit_s: float, seed: int, greedy_s: float | None
+    problem: Problem,
+    items: Sequence[Item],
+    time_limit_s: float,
+    seed: int,
+    greedy_s: float | None,
+    algorithms: Sequence[str],
 ) -> _Found:
     """The best routing found for one component's items within `time_limit_s` from now.
 
@@ -97,14 +102,13 @@ def _solve_component(
             return found
     intervals = sum(len(r.moves) for job in jobs for r in job.recipes)
     columns = sum(len(job.recipes) for job in jobs)
-    fitting = [
-        algorithm
-        for algorithm, fits in (
-            ("cpsat", intervals <= MAX_CP_INTERVALS),
-            ("milp", columns <= MAX_MILP_COLUMNS),
+    fits = {"cpsat": intervals <= MAX_CP_INTERVALS, "milp": columns <= MAX_MILP_COLUMNS}
+    fitting = [algorithm for algorithm in algorithms if fits[algorithm]]
+    if not fitting:
+        found.notes.append(
+            f"{'/'.join(algorithms)}: a component of {intervals} intervals, {columns} route "
+            "columns is too large for the time limit; greedy routes"
         )
-        if fits
-    ]
     for algorithm in fitting:  # the first whose package is installed
         try:
             route = backend(f"{algorithm}_routing")
@@ -123,6 +127,16 @@ def _solve_component(
 
 
 def auto(problem: Problem, options: SolveOptions) -> SolveResult:
+    """The greedy plan, improved per distinct component by CP-SAT, else the MILP."""
+    return solve_by_components(problem, options, ("cpsat", "milp"))
+
+
+def solve_by_components(
+    problem: Problem, options: SolveOptions, algorithms: Sequence[str]
+) -> SolveResult:
+    """The greedy plan, then per distinct component the first of `algorithms` (cpsat, milp)
+    that is installed and small enough for its share of the time; `cpsat` and `milp` asked for
+    by name are this with one algorithm."""
     started = time.perf_counter()
     deadline = options.deadline if options.deadline is not None else started + options.time_limit_s
     greedy_deadline = started + (deadline - started) * GREEDY_SHARE
@@ -152,7 +166,7 @@ def auto(problem: Problem, options: SolveOptions) -> SolveResult:
         pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         share = left * len(comp.items) / pending
         comp_items = [items[i] for i in comp.items]
-        found = _solve_component(problem, comp_items, share, options.seed, whole)
+        found = _solve_component(problem, comp_items, share, options.seed, whole, algorithms)
         if found.routing is not None and found.routing.order is None:
             found.routing.order = list(to_result(problem, comp_items, found.routing).order)
         solved[sig] = found

@@ -12,9 +12,7 @@ from typing import Any
 
 #: function name -> (module, the package it needs)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "cpsat": ("solver.cpsat", "ortools"),
     "cpsat_routing": ("solver.cpsat", "ortools"),
-    "milp": ("solver.milp", "pulp"),
     "milp_routing": ("solver.milp", "pulp"),
 }
 

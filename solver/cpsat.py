@@ -22,13 +22,12 @@ from ortools.sat.python import cp_model
 
 from planner.plan import SolveStatus
 from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
-from solver.items import Item, coalesce
-from solver.jobs import jobs_with_hint
+from solver.base import SolveOptions
+from solver.items import Item
 from solver.moves import MoveList
 from solver.order import best_schedule
 from solver.recipes import Job
-from solver.routing import Routing, realize, to_result
+from solver.routing import Routing, realize
 
 #: time resolution: the sum of rounding over a whole plan stays below this share of the bound
 ROUNDING_SHARE = 1e-7
@@ -167,9 +166,3 @@ def cpsat_routing(
         problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s
     )
     return routing
-
-
-def cpsat(problem: Problem, options: SolveOptions) -> SolveResult:
-    items = coalesce(problem)
-    routing = cpsat_routing(problem, items, jobs_with_hint(problem, items), options)
-    return to_result(problem, items, routing)

@@ -21,11 +21,10 @@ import pulp
 
 from planner.plan import SolveStatus
 from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
-from solver.items import Item, coalesce
-from solver.jobs import jobs_with_hint
+from solver.base import SolveOptions
+from solver.items import Item
 from solver.recipes import Job
-from solver.routing import Routing, Share, to_result
+from solver.routing import Routing, Share
 
 _HIGHS = "HiGHS" in pulp.listSolvers(onlyAvailable=True)
 
@@ -116,10 +115,3 @@ def milp_routing(
     best_bound = None if bound is None else max(problem.lower_bound_s, float(bound))
     notes = [f"milp: {pulp.LpStatus[lp.status]}"]
     return Routing(shares, status=SolveStatus.FEASIBLE, best_bound_s=best_bound, notes=notes)
-
-
-def milp(problem: Problem, options: SolveOptions) -> SolveResult:
-    items = coalesce(problem)
-    return to_result(
-        problem, items, milp_routing(problem, items, jobs_with_hint(problem, items), options)
-    )

@@ -11,7 +11,7 @@ from planner.problem import Problem, build_problem
 from planner.request import Request
 from planner.simulate import simulate
 from solver.alpa_order import alpa_order
-from solver.auto import auto
+from solver.auto import auto, solve_by_components
 from solver.backends import BACKENDS, MissingBackend, backend
 from solver.base import Algorithm, SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
@@ -19,10 +19,12 @@ from solver.greedy import greedy
 from solver.search import search
 
 
-def _imported_when_asked(name: str) -> Algorithm:
+def _by_components(name: str) -> Algorithm:
+    """`name` (cpsat or milp) on every distinct component, from the greedy plan; its package
+    is imported when it first runs."""
+
     def solve(problem: Problem, options: SolveOptions) -> SolveResult:
-        result: SolveResult = backend(name)(problem, options)
-        return result
+        return solve_by_components(problem, options, (name,))
 
     return solve
 
@@ -39,13 +41,13 @@ ALGORITHMS: dict[str, tuple[Algorithm, str]] = {
     "search": (search, "depth-first search over order and sender, under the time limit"),
     "greedy": (greedy, "topology-aware: local first, rails, splits, relays, list-scheduled"),
     "milp": (
-        _imported_when_asked("milp"),
+        _by_components("milp"),
         "MILP (PuLP with HiGHS, CBC fallback): route fractions minimising the busiest port, "
         "with the MIP dual bound",
     ),
     "auto": (auto, "best of greedy and, per independent component, cpsat or milp"),
     "cpsat": (
-        _imported_when_asked("cpsat"),
+        _by_components("cpsat"),
         "CP-SAT interval model over routes, hinted by the greedy, with a proven bound",
     ),
 }
@@ -65,9 +67,9 @@ def resolve(name: str) -> str:
     if name not in ALGORITHMS:
         known = ", ".join(ALGORITHMS)
         raise RequestError("options.algorithm", f"unknown algorithm {name!r} (one of {known})")
-    if name in BACKENDS:  # its package must be importable here
+    if f"{name}_routing" in BACKENDS:  # its package must be importable here
         try:
-            backend(name)
+            backend(f"{name}_routing")
         except MissingBackend as missing:
             raise RequestError("options.algorithm", str(missing)) from None
     return name
