@@ -20,6 +20,7 @@ from api.cli_schedule import add_schedule_parsers
 from api.cli_serve import add_serve_parsers
 from api.cli_testbed import add_testbed_parsers
 from planner import PlanFormatError, RequestError
+from planner.bulk import collection_paused
 from planner.plan import Plan
 from planner.problem import Problem
 from planner.simulate import simulate
@@ -83,7 +84,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = replace(plan, wire_bytes=simulate(problem, plan.transfers).wire_bytes)
     print(_summary(plan))
     if args.output:
-        Path(args.output).write_text(json.dumps(plan.to_json(), separators=(",", ":")))
+        with collection_paused():
+            Path(args.output).write_text(json.dumps(plan.to_json(), separators=(",", ":")))
         print(f"plan written to {args.output}")
     if args.trace:
         from api.render import write_trace

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from planner import RequestError, build_problem, parse_request
+from planner.bulk import collection_paused
 from planner.problem import Problem
 from planner.request import MAX_TIME_LIMIT_S
 from solver import SolveOptions, resolve
@@ -23,7 +24,8 @@ def read_json(path: str, what: str) -> Any:
     except OSError as err:
         raise UsageError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
     try:
-        return json.loads(text)
+        with collection_paused():
+            return json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{what} {path!r} is not JSON: {err.msg} at line {err.lineno}") from None
 

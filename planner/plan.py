@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from planner.bulk import collection_paused
 from planner.errors import PlanFormatError
 from planner.mesh import Box
 
@@ -89,6 +90,10 @@ class Plan:
         return replace(self, transfers=transfers, makespan_s=makespan_s)
 
     def to_json(self) -> dict[str, Any]:
+        with collection_paused():
+            return self._to_json()
+
+    def _to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "format": PLAN_FORMAT,
             "request_id": self.request_id,
@@ -128,7 +133,8 @@ class Plan:
         raw = data.get("transfers")
         if not isinstance(raw, list):
             raise PlanFormatError("transfers", f"expected a list, got {type(raw).__name__}")
-        transfers = tuple(_parse_transfer(f"transfers[{i}]", t) for i, t in enumerate(raw))
+        with collection_paused():
+            transfers = tuple(_parse_transfer(f"transfers[{i}]", t) for i, t in enumerate(raw))
         best = data.get("best_bound_s")
         wire = data.get("wire_bytes")
         return cls(

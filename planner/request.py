@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from planner.bulk import collection_paused
 from planner.dtypes import ITEMSIZE_BYTES
 from planner.errors import RequestError
 
@@ -171,7 +172,8 @@ class Request:
     @cached_property
     def request_id(self) -> str:
         """sha256 of the canonical JSON (sorted keys, no whitespace)."""
-        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        with collection_paused():
+            text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -191,6 +193,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 def parse_request(data: Any) -> Request:
     """Validate a decoded JSON request; raise `RequestError` naming the first bad field."""
+    with collection_paused():
+        return _parse_request(data)
+
+
+def _parse_request(data: Any) -> Request:
     if not isinstance(data, dict):
         raise RequestError("request", f"expected a JSON object, got {type(data).__name__}")
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.bulk import collection_paused
 from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
@@ -207,6 +208,11 @@ def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
 
     With a deadline in `options` (as `auto` gives it), the variants, routing passes and
     baselines not started by then are skipped: the first routing pass is the cheap plan."""
+    with collection_paused():
+        return _greedy(problem, options)
+
+
+def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     deadline = options.deadline
     items = coalesce(problem)
     comps = components(problem, items)

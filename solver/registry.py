@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from planner.bulk import collection_paused
 from planner.errors import RequestError
 from planner.plan import Plan, SolveStatus, Transfer
 from planner.problem import Problem, build_problem
@@ -89,14 +90,15 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     work = stacked[0] if stacked is not None else problem
     result = solve(work, options)
     solved = time.perf_counter()
-    transfers = [result.moves[i].to_transfer() for i in result.order]
-    sim = simulate(work, transfers)
-    transfers = [
-        Transfer(t.src, t.dst, t.pieces, start, end)
-        for t, (start, end) in zip(transfers, sim.times, strict=True)
-    ]
-    if stacked is not None:
-        transfers = list(stacked[1].expand(transfers))
+    with collection_paused():
+        transfers = [result.moves[i].to_transfer() for i in result.order]
+        sim = simulate(work, transfers)
+        transfers = [
+            Transfer(t.src, t.dst, t.pieces, start, end)
+            for t, (start, end) in zip(transfers, sim.times, strict=True)
+        ]
+        if stacked is not None:
+            transfers = list(stacked[1].expand(transfers))
     finished = time.perf_counter()
     solve_time = finished - started
     if not sim.valid:
