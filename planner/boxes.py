@@ -42,12 +42,17 @@ def subtract(a: Box, b: Box) -> list[Box]:
     return pieces
 
 
+def clipped_to(target: Box, boxes: Iterable[Box]) -> list[Box]:
+    """The non-empty intersections of `boxes` with `target`."""
+    return [c for c in (intersect(target, b) for b in boxes) if c is not None]
+
+
 def covers(target: Box, cover: Sequence[Box]) -> bool:
     """Whether the boxes of `cover` together hold every element of `target`.
 
     Clipped to `target`, pairwise disjoint boxes cover it exactly when their volumes add up to
     its volume (the usual case, checked with numpy); otherwise `uncovered_volume` decides."""
-    clipped = [c for c in (intersect(target, b) for b in cover) if c is not None]
+    clipped = clipped_to(target, cover)
     if target in clipped:
         return True
     need = volume(target)
@@ -108,23 +113,38 @@ class TimedBoxes:
 
     Most devices hold a handful of boxes per tensor: those are searched as plain tuples. Once
     a device holds `ARRAYS_FROM` boxes, numpy copies (grown by doubling) take over the search.
+    Each box's overlaps with the others are found once, when it is added: a piece that is
+    exactly a box meeting no other one (what relays forward) is then answered by a lookup.
     """
 
-    ARRAYS_FROM = 24
+    ARRAYS_FROM = 12
 
-    __slots__ = ("_hi", "_lo", "_times", "boxes")
+    __slots__ = ("_exact", "_hi", "_lo", "_overlapping", "_times", "boxes")
 
     def __init__(self) -> None:
         self.boxes: list[Box] = []
         self._times: list[float] = []
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
+        #: first index of every distinct box, and the indices of boxes that meet another
+        self._exact: dict[Box, int] = {}
+        self._overlapping: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.boxes)
 
+    @property
+    def disjoint(self) -> bool:
+        """Whether no two boxes share an element."""
+        return not self._overlapping
+
     def add(self, box: Box, time_s: float) -> None:
         n = len(self.boxes)
+        met = self._meeting(box)
+        if met:
+            self._overlapping.update(met)
+            self._overlapping.add(n)
+        self._exact.setdefault(box, n)
         self.boxes.append(box)
         self._times.append(time_s)
         if self._lo is None:
@@ -141,24 +161,26 @@ class TimedBoxes:
         self._hi[n] = [hi for _, hi in box]
 
     def _meeting(self, piece: Box) -> list[int]:
-        """Indices of the boxes that meet `piece`, in time order (ties: order added)."""
+        """Indices of the boxes that meet `piece`, in the order they were added."""
         n = len(self.boxes)
         if self._lo is None or self._hi is None:
-            found = [j for j in range(n) if meets(self.boxes[j], piece)]
-        else:
-            lo = np.array([a for a, _ in piece], dtype=np.int64)
-            hi = np.array([b for _, b in piece], dtype=np.int64)
-            hit = np.all((self._lo[:n] < hi) & (lo < self._hi[:n]), axis=1)
-            found = np.flatnonzero(hit).tolist()
-        return sorted(found, key=self._times.__getitem__)
+            return [j for j in range(n) if meets(self.boxes[j], piece)]
+        lo = np.array([a for a, _ in piece], dtype=np.int64)
+        hi = np.array([b for _, b in piece], dtype=np.int64)
+        hit = np.all((self._lo[:n] < hi) & (lo < self._hi[:n]), axis=1)
+        found: list[int] = np.flatnonzero(hit).tolist()
+        return found
 
     def time_to_cover(self, piece: Box) -> float | None:
         """Earliest time at which the boxes cover `piece`, None when they never do.
 
         Boxes that meet `piece` are taken in time order until nothing is left uncovered.
         """
+        j = self._exact.get(piece)
+        if j is not None and j not in self._overlapping:  # only this box holds any of it
+            return self._times[j]
         remaining = [piece]
-        for j in self._meeting(piece):
+        for j in sorted(self._meeting(piece), key=self._times.__getitem__):
             box = self.boxes[j]
             if len(remaining) == 1 and contains(box, remaining[0]):
                 return self._times[j]

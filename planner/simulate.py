@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.boxes import TimedBoxes, contains, covers, uncovered_volume
+from planner.boxes import TimedBoxes, clipped_to, contains, covers, uncovered_volume, volume
 from planner.cost import transfer_cost
 from planner.mesh import Box
 from planner.plan import Plan, Transfer
@@ -178,7 +178,10 @@ class _Holdings:
                 boxes = self.held.get((ti, d))
                 own = src_boxes.get(d)
                 cover = list(boxes.boxes) if boxes is not None else ([own] if own else [])
-                if covers(target, cover):
+                if boxes is not None and boxes.disjoint:  # covered iff the volumes add up
+                    if sum(volume(c) for c in clipped_to(target, cover)) == volume(target):
+                        continue
+                elif covers(target, cover):
                     continue
                 missing, cell = uncovered_volume(target, cover)
                 errors.append(
