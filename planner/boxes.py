@@ -119,32 +119,31 @@ class TimedBoxes:
 
     ARRAYS_FROM = 12
 
-    __slots__ = ("_exact", "_hi", "_lo", "_overlapping", "_times", "boxes")
+    __slots__ = ("_checked", "_exact", "_hi", "_lo", "_overlapping", "_times", "boxes")
 
     def __init__(self) -> None:
         self.boxes: list[Box] = []
         self._times: list[float] = []
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
-        #: first index of every distinct box, and the indices of boxes that meet another
+        #: first index of every distinct box, the indices of boxes that meet another, and how
+        #: many boxes (from the first) that is known for: devices that never forward anything
+        #: are never asked, so overlaps are found when first needed
         self._exact: dict[Box, int] = {}
         self._overlapping: set[int] = set()
+        self._checked = 0
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     @property
-    def disjoint(self) -> bool:
-        """Whether no two boxes share an element."""
-        return not self._overlapping
+    def known_disjoint(self) -> bool:
+        """Whether no two boxes share an element, as far as already worked out (False when
+        not: `covers` decides those)."""
+        return self._checked == len(self.boxes) and not self._overlapping
 
     def add(self, box: Box, time_s: float) -> None:
         n = len(self.boxes)
-        met = self._meeting(box)
-        if met:
-            self._overlapping.update(met)
-            self._overlapping.add(n)
-        self._exact.setdefault(box, n)
         self.boxes.append(box)
         self._times.append(time_s)
         if self._lo is None:
@@ -159,6 +158,17 @@ class TimedBoxes:
             self._hi = np.concatenate([self._hi, np.zeros_like(self._hi)])
         self._lo[n] = [lo for lo, _ in box]
         self._hi[n] = [hi for _, hi in box]
+
+    def _check_overlaps(self) -> None:
+        """Record which of the boxes added since the last call meet an earlier one."""
+        for n in range(self._checked, len(self.boxes)):
+            box = self.boxes[n]
+            met = [j for j in self._meeting(box) if j < n]
+            if met:
+                self._overlapping.update(met)
+                self._overlapping.add(n)
+            self._exact.setdefault(box, n)
+        self._checked = len(self.boxes)
 
     def _meeting(self, piece: Box) -> list[int]:
         """Indices of the boxes that meet `piece`, in the order they were added."""
@@ -176,6 +186,7 @@ class TimedBoxes:
 
         Boxes that meet `piece` are taken in time order until nothing is left uncovered.
         """
+        self._check_overlaps()
         j = self._exact.get(piece)
         if j is not None and j not in self._overlapping:  # only this box holds any of it
             return self._times[j]

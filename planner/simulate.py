@@ -178,7 +178,7 @@ class _Holdings:
                 boxes = self.held.get((ti, d))
                 own = src_boxes.get(d)
                 cover = list(boxes.boxes) if boxes is not None else ([own] if own else [])
-                if boxes is not None and boxes.disjoint:  # covered iff the volumes add up
+                if boxes is not None and boxes.known_disjoint:  # covered iff the volumes add up
                     if sum(volume(c) for c in clipped_to(target, cover)) == volume(target):
                         continue
                 elif covers(target, cover):

@@ -62,6 +62,11 @@ class Topology:
     def num_ports(self) -> int:
         return 2 * self.num_nic_ports + 2 * len(self._device_index)
 
+    @property
+    def device_index(self) -> dict[int, int]:
+        """Device id -> its position in the port numbering (hosts in order)."""
+        return self._device_index
+
     def send_port(self, host: int, rail: int) -> int:
         return host * self.num_rails + rail
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from planner.boxes import contains
+from planner.plan import Piece
 from planner.problem import Problem
 from solver.items import Item
+from solver.moves import Move
 from solver.recipes import MoveSpec, Recipe, move_spec
 from solver.routing import Routing, Share
 
@@ -118,3 +121,70 @@ def replay(
     return Routing(
         shares, list(routing.order) if routing.order is not None else None, routing.status
     )
+
+
+def replay_moves(
+    problem: Problem,
+    moves: Sequence[Move],
+    move_items: Sequence[int],
+    solved_items: Sequence[Item],
+    target_items: Sequence[Item],
+    solved: Component,
+    target: Component,
+    shift: int,
+) -> list[Move]:
+    """`moves`, realised for `solved` (move k carries part of `solved_items[move_items[k]]`),
+    as the same moves of the identical component `target`: devices and ports relabelled,
+    every piece moved by the offset between the two items' corresponding pieces, and
+    dependencies shifted by `shift`. Bytes and durations are the same (the components are
+    identical, and so are their hosts' rails)."""
+    topo = problem.topology
+    by_label = target.devices_by_label()
+    device = {d: by_label[label] for d, label in solved.label_of.items()}
+    host = dict(zip(solved.hosts, target.hosts, strict=True))
+    nic_ports, rails = topo.num_nic_ports, topo.num_rails
+    devices_by_index = list(topo.device_index)
+    ports: dict[int, int] = {}
+
+    def port(p: int) -> int:
+        if p not in ports:
+            if p < 2 * nic_ports:
+                kind, rest = divmod(p, nic_ports)
+                h, rail = divmod(rest, rails)
+                ports[p] = kind * nic_ports + host[h] * rails + rail
+            else:
+                index, side = divmod(p - 2 * nic_ports, 2)
+                mapped = topo.device_index[device[devices_by_index[index]]]
+                ports[p] = 2 * nic_ports + 2 * mapped + side
+        return ports[p]
+
+    out = []
+    for move, k in zip(moves, move_items, strict=True):
+        pairs = tuple(zip(solved_items[k].pieces, target_items[k].pieces, strict=True))
+        out.append(
+            Move(
+                device[move.src],
+                tuple(device[d] for d in move.dst),
+                tuple(_moved(piece, pairs) for piece in move.pieces),
+                move.num_bytes,
+                move.duration_s,
+                tuple(port(p) for p in move.ports),
+                tuple(d + shift for d in move.deps),
+            )
+        )
+    return out
+
+
+def _moved(piece: Piece, pairs: Sequence[tuple[Piece, Piece]]) -> Piece:
+    """`piece`, inside the first of its item's pieces, at the same place in the other item's
+    corresponding piece."""
+    for source, target in pairs:
+        if source.tensor == piece.tensor and contains(source.box, piece.box):
+            box = tuple(
+                (lo - s_lo + t_lo, hi - s_lo + t_lo)
+                for (lo, hi), (s_lo, _), (t_lo, _) in zip(
+                    piece.box, source.box, target.box, strict=True
+                )
+            )
+            return Piece(target.tensor, box)
+    raise ValueError(f"piece {piece} is in none of its item's pieces")

@@ -30,7 +30,7 @@ from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
-from solver.components import Component, components, replay
+from solver.components import Component, components, replay_moves
 from solver.items import Item, bundle, coalesce
 from solver.moves import MoveList
 from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs
@@ -219,19 +219,32 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     solved: dict[tuple[object, ...], tuple[Component, _Solved]] = {}
     moves = MoveList(problem)
     order: list[int] = []
+    #: per distinct component: its items as routed, first move, and each move's item
+    realised: dict[tuple[object, ...], tuple[list[Item], int, list[int]]] = {}
     for comp in comps:
         comp_items = [items[i] for i in comp.items]
         if comp.signature not in solved:
             solved[comp.signature] = (comp, _solve(problem, comp_items, deadline))
         first, found = solved[comp.signature]
         its = _component_items(problem, comp_items, found.bundled)
-        routing = found.routing
-        if comp is not first:
-            routing = replay(problem, its, routing, first, comp)
         offset = len(moves)
-        realize(problem, its, routing.shares, moves)
-        assert routing.order is not None
-        order.extend(offset + k for k in routing.order)
+        if comp is first:
+            per_job = realize(problem, its, found.routing.shares, moves)
+            move_items = [0] * (len(moves) - offset)
+            for shares, indices in zip(found.routing.shares, per_job, strict=True):
+                for k in (k for per_share in indices for k in per_share if k >= 0):
+                    move_items[k - offset] = shares[0][0].item
+            realised[comp.signature] = (its, offset, move_items)
+        else:
+            first_items, start, move_items = realised[comp.signature]
+            copied = moves.moves[start : start + len(move_items)]
+            moves.moves.extend(
+                replay_moves(
+                    problem, copied, move_items, first_items, its, first, comp, offset - start
+                )
+            )
+        assert found.routing.order is not None
+        order.extend(offset + k for k in found.routing.order)
     makespan = max((found.makespan_s for _, found in solved.values()), default=0.0)
     notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
     best = SolveResult(moves.moves, order, SolveStatus.HEURISTIC, None, notes)
