@@ -2,7 +2,7 @@
 
 1. The greedy plan (with its `broadcast-lb` and `sendrecv` fallbacks) is the plan to beat.
 2. The request is split into independent components (no shared host, so no shared port);
-   identical components are solved once and the routing replayed on the others.
+   identical components are solved once and their moves copied onto the others.
 3. Each distinct component goes to CP-SAT when its model is small enough to search in its
    share of the time limit, else to the MILP when that is small enough, else stays greedy;
    the solver's routing is kept only where it beats the greedy routing of that component.
@@ -20,7 +20,7 @@ from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.backends import MissingBackend, backend
 from solver.base import SolveOptions, SolveResult
-from solver.components import Component, components, replay
+from solver.components import Component, assemble, components
 from solver.greedy import greedy, greedy_routing
 from solver.items import Item, coalesce
 from solver.jobs import jobs_with_hint
@@ -182,25 +182,20 @@ def solve_by_components(
         if single.status == SolveStatus.OPTIMAL:
             baseline.status, baseline.best_bound_s = single.status, single.bound_s
         return baseline
-    moves = MoveList(problem)
-    order: list[int] = []
-    for comp in comps:
-        found = solved[comp.signature]
-        assert found.routing is not None and found.routing.order is not None
-        routing = found.routing
-        comp_items = [items[i] for i in comp.items]
-        if comp is not distinct[comp.signature]:
-            routing = replay(problem, comp_items, routing, distinct[comp.signature], comp)
-        first = len(moves)
-        realize(problem, comp_items, routing.shares, moves)
-        order.extend(first + k for k in found.routing.order)
+
+    def routed(comp: Component) -> tuple[list[Item], Routing]:
+        routing = solved[comp.signature].routing
+        assert routing is not None
+        return [items[i] for i in comp.items], routing
+
+    moves, order = assemble(problem, comps, routed)
     num_ports = problem.topology.num_ports
-    schedule = in_order(moves.moves, num_ports, order)
+    schedule = in_order(moves, num_ports, order)
     if len(moves) <= SEARCH_MAX_MOVES:
-        better = best_schedule(moves.moves, num_ports)
+        better = best_schedule(moves, num_ports)
         if better.makespan_s < schedule.makespan_s:
             schedule = better
-        schedule = randomized_search(moves.moves, num_ports, schedule, deadline, options.seed)
+        schedule = randomized_search(moves, num_ports, schedule, deadline, options.seed)
     if schedule.makespan_s > baseline_makespan:
         baseline.notes += [*notes, "greedy plan kept"]
         return baseline
@@ -212,4 +207,4 @@ def solve_by_components(
         else SolveStatus.HEURISTIC
     )
     bound = single.bound_s if single is not None else None
-    return SolveResult(moves.moves, schedule.order, status, bound, notes)
+    return SolveResult(moves, schedule.order, status, bound, notes)

@@ -4,22 +4,21 @@ Items that share no host share no port, so they can be planned separately: a com
 connected set of hosts (linked by the holders and needers of some item) with its items.
 Two components are identical when, relabelling each one's hosts in increasing order and every
 device by (host rank, position on host), they have the same hosts, the same destination-mesh
-devices and the same items (bytes, holders, needers and piece shapes); a routing found for one
-is then replayed on the other (`replay`).
+devices and the same items (bytes, holders, needers and piece shapes); the moves planned for
+one are then copied onto the other (`replay_moves`, `assemble`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from planner.boxes import contains
 from planner.plan import Piece
 from planner.problem import Problem
 from solver.items import Item
-from solver.moves import Move
-from solver.recipes import MoveSpec, Recipe, move_spec
-from solver.routing import Routing, Share
+from solver.moves import Move, MoveList
+from solver.routing import Routing, realize
 
 Label = tuple[int, int]  # (host rank in the component, position on the host)
 
@@ -89,40 +88,6 @@ def components(problem: Problem, items: Sequence[Item]) -> list[Component]:
     return out
 
 
-def replay(
-    problem: Problem,
-    items: Sequence[Item],
-    routing: Routing,
-    solved: Component,
-    target: Component,
-) -> Routing:
-    """`routing`, found for `solved`, mapped onto the identical component `target`.
-
-    Recipes index items by position in their component, so `items` is `target`'s own list
-    (`target.items` in order), which pairs position by position with `solved`'s."""
-    devices = target.devices_by_label()
-
-    def device(d: int) -> int:
-        return devices[solved.label_of[d]]
-
-    def spec(s: MoveSpec, item: Item, parts: int) -> MoveSpec:
-        only_for = None if s.only_for is None else device(s.only_for)
-        dst = [device(d) for d in s.dst]
-        return move_spec(problem, item, parts, device(s.src), dst, s.part, s.deps, only_for)
-
-    shares: list[list[Share]] = []
-    for job in routing.shares:
-        mapped = []
-        for recipe, fraction in job:
-            item = items[recipe.item]
-            moves = tuple(spec(s, item, recipe.num_parts) for s in recipe.moves)
-            mapped.append((Recipe(recipe.item, recipe.num_parts, moves), fraction))
-        shares.append(mapped)
-    return Routing(
-        shares, list(routing.order) if routing.order is not None else None, routing.status
-    )
-
-
 def replay_moves(
     problem: Problem,
     moves: Sequence[Move],
@@ -188,3 +153,39 @@ def _moved(piece: Piece, pairs: Sequence[tuple[Piece, Piece]]) -> Piece:
             )
             return Piece(target.tensor, box)
     raise ValueError(f"piece {piece} is in none of its item's pieces")
+
+
+def assemble(
+    problem: Problem,
+    comps: Sequence[Component],
+    routed: Callable[[Component], tuple[Sequence[Item], Routing]],
+) -> tuple[list[Move], list[int]]:
+    """Every component's moves and execution order, components one after the other.
+
+    `routed(comp)` gives the items a component's routing refers to and the routing (with its
+    order). The first component of each kind is realised; the identical ones after it copy
+    its moves (`replay_moves`), which is what planning them again would give."""
+    moves = MoveList(problem)
+    order: list[int] = []
+    first: dict[tuple[object, ...], tuple[Component, Sequence[Item], int, list[int]]] = {}
+    for comp in comps:
+        items, routing = routed(comp)
+        assert routing.order is not None
+        offset = len(moves)
+        if comp.signature not in first:
+            per_job = realize(problem, items, routing.shares, moves)
+            move_items = [0] * (len(moves) - offset)
+            for shares, indices in zip(routing.shares, per_job, strict=True):
+                for k in (k for per_share in indices for k in per_share if k >= 0):
+                    move_items[k - offset] = shares[0][0].item
+            first[comp.signature] = (comp, items, offset, move_items)
+        else:
+            solved, solved_items, start, move_items = first[comp.signature]
+            copied = moves.moves[start : start + len(move_items)]
+            moves.moves.extend(
+                replay_moves(
+                    problem, copied, move_items, solved_items, items, solved, comp, offset - start
+                )
+            )
+        order.extend(offset + k for k in routing.order)
+    return moves.moves, order

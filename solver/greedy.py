@@ -13,7 +13,7 @@
      the split is kept when it finishes the item at least 1% sooner.
 3. Order: non-delay list schedules under port-v1 with a few priority rules, the best kept.
 4. Independent components (no shared host) are planned apart; identical ones (a pipeline
-   boundary's host pairs) once, the routing and order replayed on the others.
+   boundary's host pairs) once, their moves and order copied onto the others.
 5. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead.
 """
 
@@ -30,11 +30,10 @@ from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
-from solver.components import Component, components, replay_moves
+from solver.components import Component, assemble, components
 from solver.items import Item, bundle, coalesce
-from solver.moves import MoveList
 from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs
-from solver.routing import Routing, realize, result_makespan_s, to_result
+from solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
@@ -204,7 +203,7 @@ def _solve(problem: Problem, items: list[Item], deadline: float | None) -> _Solv
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     """The greedy plan of every independent component (identical components are solved once
-    and the routing replayed), unless `broadcast-lb` or `sendrecv` is shorter.
+    and its moves copied), unless `broadcast-lb` or `sendrecv` is shorter.
 
     With a deadline in `options` (as `auto` gives it), the variants, routing passes and
     baselines not started by then are skipped: the first routing pass is the cheap plan."""
@@ -216,38 +215,19 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     deadline = options.deadline
     items = coalesce(problem)
     comps = components(problem, items)
-    solved: dict[tuple[object, ...], tuple[Component, _Solved]] = {}
-    moves = MoveList(problem)
-    order: list[int] = []
-    #: per distinct component: its items as routed, first move, and each move's item
-    realised: dict[tuple[object, ...], tuple[list[Item], int, list[int]]] = {}
-    for comp in comps:
+    solved: dict[tuple[object, ...], _Solved] = {}
+
+    def routed(comp: Component) -> tuple[list[Item], Routing]:
         comp_items = [items[i] for i in comp.items]
         if comp.signature not in solved:
-            solved[comp.signature] = (comp, _solve(problem, comp_items, deadline))
-        first, found = solved[comp.signature]
-        its = _component_items(problem, comp_items, found.bundled)
-        offset = len(moves)
-        if comp is first:
-            per_job = realize(problem, its, found.routing.shares, moves)
-            move_items = [0] * (len(moves) - offset)
-            for shares, indices in zip(found.routing.shares, per_job, strict=True):
-                for k in (k for per_share in indices for k in per_share if k >= 0):
-                    move_items[k - offset] = shares[0][0].item
-            realised[comp.signature] = (its, offset, move_items)
-        else:
-            first_items, start, move_items = realised[comp.signature]
-            copied = moves.moves[start : start + len(move_items)]
-            moves.moves.extend(
-                replay_moves(
-                    problem, copied, move_items, first_items, its, first, comp, offset - start
-                )
-            )
-        assert found.routing.order is not None
-        order.extend(offset + k for k in found.routing.order)
-    makespan = max((found.makespan_s for _, found in solved.values()), default=0.0)
+            solved[comp.signature] = _solve(problem, comp_items, deadline)
+        found = solved[comp.signature]
+        return _component_items(problem, comp_items, found.bundled), found.routing
+
+    moves, order = assemble(problem, comps, routed)
+    makespan = max((found.makespan_s for found in solved.values()), default=0.0)
     notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
-    best = SolveResult(moves.moves, order, SolveStatus.HEURISTIC, None, notes)
+    best = SolveResult(moves, order, SolveStatus.HEURISTIC, None, notes)
     if len(problem.tiles) > BASELINE_MAX_TILES:
         return best
     for name, baseline in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):

@@ -1,8 +1,8 @@
 """Routings: which recipes (and what share of each item) deliver every job, and in what order.
 
 Every routing algorithm (greedy, cpsat, milp) returns a `Routing`; `realize` turns it into
-moves with pieces and `to_result` list-schedules them. Because realising is deterministic, a
-routing found for one component can be replayed on an identical one (see `solver.auto`).
+moves with pieces and `to_result` list-schedules them. The moves realised for one component
+are copied onto identical ones (`solver.components.assemble`).
 """
 
 from __future__ import annotations
