@@ -150,21 +150,25 @@ def _tensor_tiles(
     src_members, dst_members = _shard_members(src), _shard_members(dst)
     overlap = bool(np.intersect1d(src.devices, dst.devices).size)
     pairs, inverse = np.unique(np.stack([src_shard, dst_shard]), axis=1, return_inverse=True)
-    holder_ids = np.empty(pairs.shape[1], dtype=np.int64)
-    needer_ids = np.full(pairs.shape[1], -1, dtype=np.int64)
-    first_dst = np.empty(pairs.shape[1], dtype=np.int64)
-    first_src = np.empty(pairs.shape[1], dtype=np.int64)
+    # per shard first (a pair of shards repeats its shards' answers)
     src_pos = {int(d): i for i, d in enumerate(src.devices)}
     dst_pos = {int(d): i for i, d in enumerate(dst.devices)}
-    for j, (s, d) in enumerate(pairs.T):
-        holders, needers = src_members[int(s)], dst_members[int(d)]
-        first_src[j] = min(src_pos[int(x)] for x in holders)
-        first_dst[j] = min(dst_pos[int(x)] for x in needers)
-        if overlap:
-            needers = np.setdiff1d(needers, holders)
-        holder_ids[j] = sets.intern(holders)
-        if len(needers):
-            needer_ids[j] = sets.intern(needers)
+    holder_of = {s: sets.intern(m) for s, m in src_members.items()}
+    first_src_of = {s: min(src_pos[int(x)] for x in m) for s, m in src_members.items()}
+    first_dst_of = {d: min(dst_pos[int(x)] for x in m) for d, m in dst_members.items()}
+    src_ids, dst_ids = pairs[0].tolist(), pairs[1].tolist()
+    holder_ids = np.array([holder_of[s] for s in src_ids], dtype=np.int64)
+    first_src = np.array([first_src_of[s] for s in src_ids], dtype=np.int64)
+    first_dst = np.array([first_dst_of[d] for d in dst_ids], dtype=np.int64)
+    if overlap:
+        needer_ids = np.full(pairs.shape[1], -1, dtype=np.int64)
+        for j, (s, d) in enumerate(zip(src_ids, dst_ids, strict=True)):
+            needers = np.setdiff1d(dst_members[d], src_members[s])
+            if len(needers):
+                needer_ids[j] = sets.intern(needers)
+    else:
+        needer_of = {d: sets.intern(m) for d, m in dst_members.items()}
+        needer_ids = np.array([needer_of[d] for d in dst_ids], dtype=np.int64)
     inverse = inverse.ravel()
     keep = needer_ids[inverse] >= 0
     inv = inverse[keep]
