@@ -2,10 +2,11 @@
 tensors on 192 GPUs), devices (pipeline boundaries, 64 to 16,384 GPUs) and the tiles that
 follow, for greedy and auto.
 
-Every row is one whole `meshcast plan` in process, wall time split into parse (JSON, checks,
-tiling), solve (the algorithm), plan (building the plan and checking it under port-v1) and
-write (the plan's JSON). A size whose run took longer than `--give-up` seconds ends that
-sweep for that algorithm. Writes `benchmarks/results/solver_scaling.{md,json,png}`.
+Every row is one whole `meshcast plan` in process, wall time split into parse (JSON and
+checks), solve (tiling, as stacked for meshcast's algorithms, and the algorithm), plan
+(building the plan and checking it under port-v1) and write (the plan's JSON). A size whose
+run took longer than `--give-up` seconds ends that sweep for that algorithm. Writes
+`benchmarks/results/solver_scaling.{md,json,png}`.
 
     python benchmarks/solver_scaling.py [--time-limit 5] [--max-devices N] [--max-tensors N]
 """
@@ -136,7 +137,8 @@ def main() -> int:
         f"# Planning time against request size (auto's time limit {args.time_limit:g} s)\n\n"
         "tensors: per-expert MoE refits on 192 GPUs; boundary: one message per GPU between "
         "two [hosts, 8] stages; gather: every GPU of the next stage gathers its host's rows. "
-        "Wall = parse (JSON, checks, tiling) + solve + plan (build and check under port-v1) "
+        "Wall = parse (JSON, checks) + solve (tiling, algorithm) + plan (build and check "
+        "under port-v1) "
         "+ write (plan JSON); solve_time_s is what the plan reports (solve + plan); "
         "ratio = makespan / lower bound.\n\n" + markdown_table(header, body)
     )
