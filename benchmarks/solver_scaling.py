@@ -1,6 +1,6 @@
 """Planning time against request size: tensors (MoE refits named per expert, 100 to 50,000
-tensors on 192 GPUs), devices (pipeline boundaries, 64 to 16,384 GPUs) and the tiles that
-follow, for greedy and auto.
+tensors on 192 GPUs; a DeepSeek-V3-sized stacked refit on 384 GPUs), devices (pipeline
+boundaries, 64 to 16,384 GPUs) and the tiles that follow, for greedy and auto.
 
 Every row is one whole `meshcast plan` in process, wall time split into parse (JSON and
 checks), solve (tiling, as stacked for meshcast's algorithms, and the algorithm), plan
@@ -25,34 +25,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, markdown_table, write_results
 from planner import build_problem, parse_request
-from planner.synthetic_scale import boundary_request, moe_refit_at_scale
+from planner.synthetic_scale import (
+    boundary_request,
+    deepseek_v3_stacked_refit,
+    qwen3_235b_per_expert_refit,
+)
 from solver import SolveOptions, make_plan
 
 ALGORITHMS = ("greedy", "auto")
 
 
 def refit_with(num_tensors: int) -> dict[str, Any]:
-    """A per-expert refit (4 stages of 4x8 GPUs to 8 engines of 8) with about `num_tensors`
-    tensors: 263 per layer (7 dense, 128 experts x 2)."""
-    layers = max(1, round((num_tensors - 3) / 263))
-    return moe_refit_at_scale(
-        num_layers=layers,
-        hidden=4096,
-        q_dim=8192,
-        kv_dim=512,
-        ffn=1536,
-        num_experts=128,
-        vocab=151936,
-        num_stages=min(4, layers),
-        stage_dp=4,
-        num_engines=8,
-    )
+    """Qwen3-235B's per-expert refit cut to about `num_tensors` tensors (263 per layer)."""
+    return qwen3_235b_per_expert_refit(max(1, round((num_tensors - 3) / 263)))
 
 
 def sweeps(max_tensors: int, max_devices: int) -> Iterator[tuple[str, int, dict[str, Any]]]:
     for n in (100, 1_000, 5_000, 25_000, 50_000):
         if n <= max_tensors:
             yield "tensors", n, refit_with(n)
+    yield "stacked", 384, deepseek_v3_stacked_refit()  # 552 tensors, experts stacked
     for devices in (64, 256, 1024, 4096, 16384):
         if devices <= max_devices:
             hosts = devices // 16
@@ -135,7 +127,8 @@ def main() -> int:
     ]  # fmt: skip
     markdown = (
         f"# Planning time against request size (auto's time limit {args.time_limit:g} s)\n\n"
-        "tensors: per-expert MoE refits on 192 GPUs; boundary: one message per GPU between "
+        "tensors: per-expert MoE refits on 192 GPUs; stacked: a DeepSeek-V3-sized refit with "
+        "stacked experts on 384 GPUs; boundary: one message per GPU between "
         "two [hosts, 8] stages; gather: every GPU of the next stage gathers its host's rows. "
         "Wall = parse (JSON, checks) + solve (tiling, algorithm) + plan (build and check "
         "under port-v1) "

@@ -124,18 +124,18 @@ def moe_refit_at_scale(
     return {"tensors": tensors, "meshes": meshes, "cluster": {"hosts": hosts, **MODERN_CLUSTER}}
 
 
-def qwen3_235b_per_expert_refit() -> dict[str, Any]:
-    """Qwen3-235B-A22B shapes, one tensor per expert matrix (24,725 tensors), 4 stages of 4x8
-    training GPUs to 8 engines of 8: 192 GPUs."""
+def qwen3_235b_per_expert_refit(num_layers: int = 94) -> dict[str, Any]:
+    """Qwen3-235B-A22B shapes, one tensor per expert matrix (263 per layer: 24,725 tensors for
+    the model's 94 layers), 4 stages of 4x8 training GPUs to 8 engines of 8: 192 GPUs."""
     return moe_refit_at_scale(
-        num_layers=94,
+        num_layers=num_layers,
         hidden=4096,
         q_dim=8192,
         kv_dim=512,
         ffn=1536,
         num_experts=128,
         vocab=151936,
-        num_stages=4,
+        num_stages=min(4, num_layers),
         stage_dp=4,
         num_engines=8,
     )

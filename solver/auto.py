@@ -47,8 +47,12 @@ CHECK_S_PER_MOVE = 60e-6
 MIN_COMPONENT_S = 0.05
 
 
-def _makespan_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
-    return result_makespan_s(problem, to_result(problem, items, routing))
+def _scheduled_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
+    """List-schedule the routing's moves: its order becomes the best one found, and the
+    makespan of that order is returned."""
+    result = to_result(problem, items, routing)
+    routing.order = list(result.order)
+    return result_makespan_s(problem, result)
 
 
 def _busiest_port_s(problem: Problem, items: Sequence[Item], jobs: Sequence[Job]) -> float:
@@ -85,11 +89,10 @@ def _solve_component(
     ends = time.perf_counter() + time_limit_s
     found = _Found(None)
     if greedy_s is None:
-        found.routing = min(
-            (greedy_routing(problem, items, per_host) for per_host in (False, True)),
-            key=lambda r: _makespan_s(problem, items, r),
+        greedy_s, _, found.routing = min(
+            (_scheduled_s(problem, items, r), k, r)
+            for k, r in enumerate(greedy_routing(problem, items, ph) for ph in (False, True))
         )
-        greedy_s = _makespan_s(problem, items, found.routing)
     if greedy_s <= problem.lower_bound_s * (1 + 1e-9) or time_limit_s <= 0.05:
         return found
     jobs = jobs_with_hint(problem, items)
@@ -121,7 +124,7 @@ def _solve_component(
         break
     else:
         return found
-    if _makespan_s(problem, items, routing) <= greedy_s:  # a tie brings the solver's proof
+    if _scheduled_s(problem, items, routing) <= greedy_s:  # a tie brings the solver's proof
         return _Found(routing, algorithm, routing.status, routing.best_bound_s)
     return found
 
@@ -166,10 +169,7 @@ def solve_by_components(
         pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         share = left * len(comp.items) / pending
         comp_items = [items[i] for i in comp.items]
-        found = _solve_component(problem, comp_items, share, options.seed, whole, algorithms)
-        if found.routing is not None and found.routing.order is None:
-            found.routing.order = list(to_result(problem, comp_items, found.routing).order)
-        solved[sig] = found
+        solved[sig] = _solve_component(problem, comp_items, share, options.seed, whole, algorithms)
     notes = [
         f"{len(comps)} component(s), {len(distinct)} distinct; "
         + ", ".join(sorted({f.algorithm for f in solved.values()})),

@@ -181,13 +181,13 @@ def _solve(problem: Problem, items: list[Item], deadline: float | None) -> _Solv
     """Route and list-schedule one component's items, also with its small items bundled and,
     on small components, with a move per remote host allowed; the shortest wins. Past the
     `deadline` only the first of these is made, in one routing pass."""
-    sets = [False]
-    if len(_component_items(problem, items, True)) < len(items):
-        sets.append(True)
+    sets = [(False, items)]
+    bundled_items = _component_items(problem, items, True)
+    if len(bundled_items) < len(items):
+        sets.append((True, bundled_items))
     variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
     best: _Solved | None = None
-    for bundled in sets:
-        its = _component_items(problem, items, bundled)
+    for bundled, its in sets:
         for per_host in variants:
             if best is not None and _past(deadline):
                 return best

@@ -30,9 +30,6 @@ _HIGHS = "HiGHS" in pulp.listSolvers(onlyAvailable=True)
 
 #: fractions below this are dropped (and the rest rescaled): a sliver is not worth a latency
 MIN_FRACTION = 0.02
-#: larger models are not built: the greedy routes are returned (building alone would take
-#: longer than time limits allow)
-MAX_COLUMNS = 200_000
 
 
 def _latency_part_s(problem: Problem, duration_s: float, dst_hops: int) -> float:
@@ -92,9 +89,8 @@ def milp_routing(
 ) -> Routing:
     """Route fractions from the MILP. With HiGHS the bound is its MIP dual bound; with CBC the
     LP relaxation is solved first for it."""
-    columns = sum(len(job.recipes) for job in jobs)
-    if columns > MAX_COLUMNS or options.seconds_left() <= 0:
-        note = f"milp: {columns} route columns, {options.seconds_left():.2f} s left; greedy routes"
+    if options.seconds_left() <= 0:
+        note = "milp: no time left for the model; greedy routes"
         return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=[note])
     lp, busiest, fraction = _model(problem, jobs)
     bound = None
