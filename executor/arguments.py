@@ -8,7 +8,8 @@ ranks waiting for data that never comes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,16 @@ import torch.distributed as dist
 
 #: bytes of one rank's message sent to the others
 MESSAGE_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a rank must pass for one tensor: one tensor of `shapes[0]`, or (`listed`, block
+    layouts) a list of tensors of `shapes`."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype
+    listed: bool = False
 
 
 def _describe(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> str:
@@ -77,14 +88,45 @@ def _tensor_problem(
     return None
 
 
+def _each(where: str, value: Any, want: Expected) -> Iterator[tuple[str, Any, tuple[int, ...]]]:
+    """`(where, tensor, shape)` for every tensor `value` must be; a list for block layouts."""
+    if not want.listed:
+        yield where, value, want.shapes[0]
+        return
+    if not isinstance(value, list | tuple) or len(value) != len(want.shapes):
+        got = f"{len(value)} items" if isinstance(value, list | tuple) else type(value).__name__
+        raise _Refused(
+            f"{where}: expected a list of {len(want.shapes)} tensors (one per block), got {got}"
+        )
+    for k, (item, shape) in enumerate(zip(value, want.shapes, strict=True)):
+        yield f"{where}[{k}]", item, shape
+
+
+class _Refused(Exception):
+    pass
+
+
 def check_arguments(
     source_shards: Mapping[str, Any],
     out: Mapping[str, Any],
-    expected_sources: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-    expected_out: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    expected_sources: Mapping[str, Expected],
+    expected_out: Mapping[str, Expected],
     device: torch.device,
 ) -> str | None:
     """What is wrong with this rank's arguments (None when nothing is), in one line."""
+    try:
+        return _check(source_shards, out, expected_sources, expected_out, device)
+    except _Refused as refused:
+        return str(refused)
+
+
+def _check(
+    source_shards: Mapping[str, Any],
+    out: Mapping[str, Any],
+    expected_sources: Mapping[str, Expected],
+    expected_out: Mapping[str, Expected],
+    device: torch.device,
+) -> str | None:
     for name in source_shards:
         if name not in expected_sources:
             return (
@@ -97,22 +139,24 @@ def check_arguments(
                 f"out[{name!r}]: this rank receives no destination shard of it "
                 f"(expected a subset of {sorted(expected_out)})"
             )
-    for name, (shape, dtype) in expected_sources.items():
+    sources = []
+    for name, want in expected_sources.items():
         if name not in source_shards:
             return f"source_shards: this rank holds a shard of {name!r}, none given"
-        problem = _tensor_problem(
-            f"source_shards[{name!r}]", source_shards[name], shape, dtype, device, False
-        )
-        if problem:
-            return problem
+        for where, value, shape in _each(f"source_shards[{name!r}]", source_shards[name], want):
+            problem = _tensor_problem(where, value, shape, want.dtype, device, False)
+            if problem:
+                return problem
+            sources.append((where, value))
     for name, value in out.items():
-        shape, dtype = expected_out[name]
-        problem = _tensor_problem(f"out[{name!r}]", value, shape, dtype, device, True)
-        if problem:
-            return problem
-        for other, source in source_shards.items():
-            if _overlaps(value, source):
-                return f"out[{name!r}]: shares memory with source_shards[{other!r}]"
+        want = expected_out[name]
+        for where, item, shape in _each(f"out[{name!r}]", value, want):
+            problem = _tensor_problem(where, item, shape, want.dtype, device, True)
+            if problem:
+                return problem
+            for other, source in sources:
+                if _overlaps(item, source):
+                    return f"{where}: shares memory with {other}"
     return None
 
 

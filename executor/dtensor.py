@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from executor.arguments import agree
 from executor.calibrate import world_hosts
@@ -34,17 +35,20 @@ _executors: OrderedDict[tuple[str, str], Executor] = OrderedDict()
 
 
 def placement_names(placements: Sequence[Placement], where: str) -> list[str]:
-    """DTensor placements in request spelling; anything but Shard and Replicate is refused."""
+    """DTensor placements in request spelling (`_StridedShard` as `_S(k,f)`); a Partial is
+    refused."""
     names = []
     for axis, p in enumerate(placements):
-        if type(p) is Shard:
+        if isinstance(p, _StridedShard):
+            names.append(f"_S({p.dim},{int(p.split_factor)})")
+        elif isinstance(p, Shard):
             names.append(f"S({p.dim})")
         elif isinstance(p, Replicate):
             names.append("R")
         else:
             raise ValueError(
-                f"{where}[{axis}]: {p!r} is not supported (only Shard(dim) and Replicate(); "
-                "reduce a Partial first)"
+                f"{where}[{axis}]: {p!r} is not supported (only Shard(dim), "
+                "_StridedShard(dim, split_factor) and Replicate(); reduce a Partial first)"
             )
     return names
 
@@ -184,6 +188,7 @@ def reshard(
     local = received.get("tensor")
     if local is None:  # this rank is not in the destination mesh
         local = torch.empty(0, dtype=x.dtype, device=executor.device)
+    assert isinstance(local, torch.Tensor)  # placements: one local tensor
     return DTensor.from_local(
         local,
         dst_mesh,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -29,9 +30,10 @@ import torch
 import torch.distributed as dist
 
 from executor import transport
-from executor.arguments import agree, check_arguments
+from executor.arguments import Expected, agree, check_arguments
 from executor.chunks import LocalTensors
 from executor.dtypes import TORCH_DTYPES
+from executor.local_data import LocalData, Shards, region_views
 from executor.program import (
     RankProgram,
     RankStep,
@@ -53,8 +55,6 @@ MODES: tuple[Mode, ...] = ("chain", "broadcast")
 STAGING_BYTES = 64 << 20
 #: the smallest staging budget: `MIN_SLOTS` chunks of `ALIGN_BYTES`
 MIN_STAGING_BYTES = transport.MIN_SLOTS * ALIGN_BYTES
-
-Shards = Mapping[str, torch.Tensor]
 
 
 class PlanMismatchError(RuntimeError):
@@ -193,6 +193,15 @@ class Executor:
                 if self.rank in members:
                     self._groups[members] = group
         self._dtypes = [TORCH_DTYPES[t.dtype] for t in request.tensors]
+        #: per side, the local data of every tensor this rank holds or receives
+        self._holdings = {
+            side: {
+                i: problem.holdings(i, side)[self.rank]
+                for i in range(len(request.tensors))
+                if self.rank in problem.holdings(i, side)
+            }
+            for side in ("src", "dst")
+        }
         # relay buffers come out of the staging budget; at least two slots keep chunks moving
         room = (staging_bytes - program.peak_relay_bytes) // self.chunk_bytes
         num_slots = min(max(room, 2), program.max_chunks)
@@ -216,15 +225,11 @@ class Executor:
             staging_bytes=self._pool.num_bytes if self._pool is not None else 0,
             peak_relay_bytes=self.program.peak_relay_bytes,
             destination_bytes=sum(
-                self._shape_bytes(r.tensor, r.box) for r in self.program.destinations
+                math.prod(shape) * self.request.tensors[i].itemsize_bytes
+                for i, h in self._holdings["dst"].items()
+                for shape in h.shapes
             ),
         )
-
-    def _shape_bytes(self, tensor: int, box: tuple[tuple[int, int], ...]) -> int:
-        count = 1
-        for lo, hi in box:
-            count *= hi - lo
-        return count * self.request.tensors[tensor].itemsize_bytes
 
     def _agree_on_plan(self, plan: Plan, relay_bytes: int) -> int:
         """Check that every rank holds the same plan (fingerprints); the most relay bytes any
@@ -246,11 +251,11 @@ class Executor:
     def _name(self, tensor: int) -> str:
         return self.request.tensors[tensor].name
 
-    def _expected(self, side: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        regions = self.program.sources if side == "src" else self.program.destinations
+    def _expected(self, side: str) -> dict[str, Expected]:
+        """Per tensor this rank holds (`side="src"`) or receives: its local data's form."""
         return {
-            self._name(r.tensor): (tuple(hi - lo for lo, hi in r.box), self._dtypes[r.tensor])
-            for r in regions
+            self._name(i): Expected(h.shapes, self._dtypes[i], h.listed)
+            for i, h in self._holdings[side].items()
         }
 
     @property
@@ -294,14 +299,16 @@ class Executor:
         else:
             transport.chain(chunks, step.parent, step.children, self._group)
 
-    def run(self, source_shards: Shards, out: Shards | None = None) -> dict[str, torch.Tensor]:
-        """Move the data; return this rank's destination shard of every tensor whose
-        destination mesh contains it, keyed by tensor name (empty on other ranks).
+    def run(self, source_shards: Shards, out: Shards | None = None) -> dict[str, LocalData]:
+        """Move the data; return this rank's destination data of every tensor whose
+        destination mesh contains it, keyed by tensor name (empty on other ranks): a tensor
+        (DTensor's local tensor for placements), or a list of tensors, one per block, for
+        block layouts. Source shards come in the same forms.
 
-        `out` maps tensor names to tensors the bytes land in (any strided view, not sharing
-        memory with the sources); they are returned as they are. Shards not in `out` are
-        allocated once. A bad argument on any rank is a `ValueError` on every rank of the run,
-        raised before any data moves."""
+        `out` maps tensor names to data the bytes land in (any strided views, not sharing
+        memory with the sources); it is returned as it is. Data not in `out` is allocated
+        once. A bad argument on any rank is a `ValueError` on every rank of the run, raised
+        before any data moves."""
         out = {} if out is None else out
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this Executor is already running; wait for the previous run")
@@ -317,29 +324,27 @@ class Executor:
             destinations = self._destinations(out)
             with torch.no_grad(), self._on_stream():
                 self._run(source_shards, destinations)
-            return {
-                self._name(r.tensor): t
-                for r, t in zip(self.program.destinations, destinations, strict=True)
-            }
+            return destinations
         finally:
             self._lock.release()
 
-    def _destinations(self, out: Shards) -> list[torch.Tensor]:
-        """The caller's `out` tensors, and one allocated tensor per other destination shard
-        (on the caller's stream, which owns them)."""
-        return [
-            out[self._name(r.tensor)]
-            if self._name(r.tensor) in out
-            else torch.empty(
-                tuple(hi - lo for lo, hi in r.box), dtype=self._dtypes[r.tensor], device=self.device
-            )
-            for r in self.program.destinations
-        ]
+    def _destinations(self, out: Shards) -> dict[str, LocalData]:
+        """The caller's `out` data, and data allocated for the other destinations (on the
+        caller's stream, which owns them)."""
+        made: dict[str, LocalData] = {}
+        for name, want in self._expected("dst").items():
+            if name in out:
+                made[name] = out[name]
+                continue
+            tensors = [torch.empty(s, dtype=want.dtype, device=self.device) for s in want.shapes]
+            made[name] = tensors if want.listed else tensors[0]
+        return made
 
-    def _run(self, source_shards: Shards, destinations: list[torch.Tensor]) -> None:
+    def _run(self, source_shards: Shards, destinations: Mapping[str, LocalData]) -> None:
         program = self.program
-        sources = [source_shards[self._name(r.tensor)] for r in program.sources]
-        tensors = LocalTensors(program, self._dtypes, sources, destinations, self.device)
+        sources = region_views(program.sources, source_shards, self._name)
+        targets = region_views(program.destinations, destinations, self._name)
+        tensors = LocalTensors(program, self._dtypes, sources, targets, self.device)
         start, timings = time.perf_counter(), []
         tensors.local_copies()
         for step in program.steps:
@@ -352,7 +357,7 @@ class Executor:
 
     def run_async(
         self, source_shards: Shards, out: Shards | None = None
-    ) -> Future[dict[str, torch.Tensor]]:
+    ) -> Future[dict[str, LocalData]]:
         """Queue a `run` on this executor's background thread and return at once;
         `.result(timeout)` gives the destination shards (or raises what `run` raised). Queued
         runs go one after another in call order, like messages on a channel, so a stage can
@@ -373,7 +378,7 @@ class Executor:
 
     def _run_after(
         self, ready: torch.cuda.Event, source_shards: Shards, out: Shards | None
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, LocalData]:
         torch.cuda.current_stream(self.device).wait_event(ready)
         return self.run(source_shards, out)
 
@@ -407,7 +412,7 @@ def execute(
     mode: Mode = "chain",
     staging_bytes: int = STAGING_BYTES,
     device: torch.device | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, LocalData]:
     """Prepare, run once and close: `Executor(plan, request, ...).run(source_shards, out)`."""
     with Executor(plan, request, mode=mode, staging_bytes=staging_bytes, device=device) as executor:
         return executor.run(source_shards, out)

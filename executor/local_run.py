@@ -20,14 +20,17 @@ import torch.distributed as dist
 
 from executor.dtypes import TORCH_DTYPES
 from executor.executor import STAGING_BYTES, Executor, Mode
+from executor.local_data import LocalData, region_view
 from executor.local_world import LocalWorld
 from executor.memory import PeakMemory
+from executor.program import Region
 from executor.reference import reference_box, same_bytes
 from executor.transport import CHUNK_BYTES
 from planner.boxes import volume
+from planner.holdings import Holding
 from planner.plan import Plan
 from planner.problem import Problem, build_problem
-from planner.request import Request, parse_request
+from planner.request import Request, TensorSpec, parse_request
 
 
 @dataclass(frozen=True)
@@ -93,46 +96,67 @@ def strided_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def reference_sources(request: Request, strided: bool = False) -> dict[str, torch.Tensor]:
-    """This rank's source shards of the reference tensors (as strided views with `strided`)."""
-    problem, rank = build_problem(request), dist.get_rank()
-    shards = {
-        spec.name: reference_box(spec.name, spec.shape, spec.dtype, problem.src_boxes(i)[rank])
-        for i, spec in enumerate(request.tensors)
-        if rank in problem.src_boxes(i)
-    }
-    return {name: strided_copy(t) for name, t in shards.items()} if strided else shards
+def reference_local(spec: TensorSpec, holding: Holding) -> list[torch.Tensor]:
+    """A rank's local tensors of the reference tensor `spec` as `holding` lays them out."""
+    dtype = TORCH_DTYPES[spec.dtype]
+    tensors = [torch.empty(shape, dtype=dtype) for shape in holding.shapes]
+    for box, (k, offset) in zip(holding.boxes, holding.places, strict=True):
+        view = region_view(tensors, Region(0, box, k, offset))
+        view.copy_(reference_box(spec.name, spec.shape, spec.dtype, box))
+    return tensors
 
 
-def destination_tensors(request: Request, strided: bool = False) -> dict[str, torch.Tensor]:
-    """Zeroed tensors for this rank's destination shards: an `out` a caller would own (and
-    have touched: an engine's live weights are resident before a refit)."""
+def _as_data(tensors: list[torch.Tensor], holding: Holding) -> LocalData:
+    return tensors if holding.listed else tensors[0]
+
+
+def reference_sources(request: Request, strided: bool = False) -> dict[str, LocalData]:
+    """This rank's source data of the reference tensors (as strided views with `strided`)."""
     problem, rank = build_problem(request), dist.get_rank()
-    made = {}
+    made: dict[str, LocalData] = {}
     for i, spec in enumerate(request.tensors):
-        box = problem.dst_boxes(i).get(rank)
-        if box is not None:
-            shape = tuple(hi - lo for lo, hi in box)
-            dtype = TORCH_DTYPES[spec.dtype]
-            made[spec.name] = (
-                strided_empty(shape, dtype) if strided else torch.empty(shape, dtype=dtype)
-            ).zero_()
+        holding = problem.holdings(i, "src").get(rank)
+        if holding is not None:
+            tensors = reference_local(spec, holding)
+            made[spec.name] = _as_data(
+                [strided_copy(t) for t in tensors] if strided else tensors, holding
+            )
     return made
 
 
-def verify_received(request: Request, received: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """This rank's destination shards that differ from the reference tensors (by any bit)."""
+def destination_tensors(request: Request, strided: bool = False) -> dict[str, LocalData]:
+    """Zeroed data for this rank's destinations: an `out` a caller would own (and have
+    touched: an engine's live weights are resident before a refit)."""
+    problem, rank = build_problem(request), dist.get_rank()
+    made: dict[str, LocalData] = {}
+    for i, spec in enumerate(request.tensors):
+        holding = problem.holdings(i, "dst").get(rank)
+        if holding is not None:
+            dtype = TORCH_DTYPES[spec.dtype]
+            tensors = [
+                (strided_empty(s, dtype) if strided else torch.empty(s, dtype=dtype)).zero_()
+                for s in holding.shapes
+            ]
+            made[spec.name] = _as_data(tensors, holding)
+    return made
+
+
+def verify_received(request: Request, received: Mapping[str, LocalData]) -> list[dict[str, Any]]:
+    """This rank's destination data that differs from the reference tensors (by any bit)."""
     problem, rank = build_problem(request), dist.get_rank()
     mismatches = []
     for i, spec in enumerate(request.tensors):
-        box = problem.dst_boxes(i).get(rank)
-        if box is None:
+        holding = problem.holdings(i, "dst").get(rank)
+        if holding is None:
             continue
         got = received.get(spec.name)
-        if got is None or not same_bytes(
-            got, reference_box(spec.name, spec.shape, spec.dtype, box)
+        expected = reference_local(spec, holding)
+        tensors = [got] if isinstance(got, torch.Tensor) else list(got or ())
+        if len(tensors) != len(expected) or not all(
+            same_bytes(a, b) for a, b in zip(tensors, expected, strict=True)
         ):
-            mismatches.append({"rank": rank, "tensor": spec.name, "box": [list(b) for b in box]})
+            boxes = [[list(b) for b in box] for box in holding.boxes]
+            mismatches.append({"rank": rank, "tensor": spec.name, "boxes": boxes})
     return mismatches
 
 
@@ -218,8 +242,8 @@ def estimate_memory_bytes(request: Request, plan: Plan | None = None) -> int:
     per_rank = {d: RANK_BASE_BYTES for d in range(1 + max(problem.topology.host_of))}
     for i, spec in enumerate(request.tensors):
         for side, copies in ((problem.src_boxes(i), 2), (problem.dst_boxes(i), 3)):
-            for device, box in side.items():
-                per_rank[device] += copies * volume(box) * spec.itemsize_bytes
+            for device, boxes in side.items():
+                per_rank[device] += copies * sum(map(volume, boxes)) * spec.itemsize_bytes
     for device in problem.dst_devices:
         per_rank[device] += STAGING_BYTES
     return sum(per_rank.values())

@@ -29,10 +29,13 @@ SOURCE, DESTINATION, RELAY = "source", "destination", "relay"
 
 @dataclass(frozen=True)
 class Region:
-    """A box of tensor number `tensor` that this rank holds in one of its local tensors."""
+    """A box of tensor number `tensor` that this rank holds: at `offset` in its local tensor
+    number `local` of that tensor (always 0 but for block layouts, which list several)."""
 
     tensor: int
     box: Box
+    local: int = 0
+    offset: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,12 @@ def rank_regions(problem: Problem, rank: int, side: str) -> tuple[Region, ...]:
     """The boxes this rank holds (`side="src"`) or must end up holding (`"dst"`)."""
     out = []
     for i in range(len(problem.request.tensors)):
-        boxes = problem.src_boxes(i) if side == "src" else problem.dst_boxes(i)
-        if rank in boxes:
-            out.append(Region(i, boxes[rank]))
+        holding = problem.holdings(i, side).get(rank)
+        if holding is not None:
+            out += [
+                Region(i, box, local, offset)
+                for box, (local, offset) in zip(holding.boxes, holding.places, strict=True)
+            ]
     return tuple(out)
 
 

@@ -24,8 +24,7 @@ from planner.problem import Problem
 def _keeps_none(problem: Problem, device: int, piece: Piece) -> bool:
     """`device` neither holds nor needs any element of `piece`."""
     for boxes in (problem.src_boxes(piece.tensor), problem.dst_boxes(piece.tensor)):
-        box = boxes.get(device)
-        if box is not None and intersect(box, piece.box) is not None:
+        if any(intersect(box, piece.box) is not None for box in boxes.get(device, ())):
             return False
     return True
 

@@ -7,7 +7,8 @@ from functools import cached_property
 
 from planner.bound import lower_bound_s
 from planner.boxes import volume
-from planner.mesh import Box, mesh_coords, shard_box
+from planner.holdings import Holding, holdings
+from planner.mesh import Box
 from planner.plan import Piece
 from planner.request import Request
 from planner.stacking import Stacking, stack_identical
@@ -49,25 +50,30 @@ class Problem:
         """Bytes of one plan piece."""
         return volume(piece.box) * self.request.tensors[piece.tensor].itemsize_bytes
 
-    def src_boxes(self, tensor: int) -> dict[int, Box]:
-        """Source shard box of every device of tensor `tensor`'s source mesh."""
+    def src_boxes(self, tensor: int) -> dict[int, tuple[Box, ...]]:
+        """The boxes every device of tensor `tensor`'s source mesh holds."""
         return self._boxes(tensor, "src")
 
-    def dst_boxes(self, tensor: int) -> dict[int, Box]:
-        """Destination shard box of every device of tensor `tensor`'s destination mesh."""
+    def dst_boxes(self, tensor: int) -> dict[int, tuple[Box, ...]]:
+        """The boxes every device of tensor `tensor`'s destination mesh must end up holding."""
         return self._boxes(tensor, "dst")
 
-    def _boxes(self, tensor: int, side: str) -> dict[int, Box]:
+    def holdings(self, tensor: int, side: str) -> dict[int, Holding]:
+        """Every mesh device's local data of tensor `tensor` on `side` ("src" or "dst")."""
         spec = self.request.tensors[tensor]
         layout = spec.src if side == "src" else spec.dst
-        key = ("boxes", spec.shape, layout)  # identical layers share their boxes
+        key = ("holdings", spec.shape, layout)  # identical layers share them
         if key not in self._cache:
-            mesh = self.request.meshes[layout.mesh]
-            coords = mesh_coords(mesh.shape)
-            self._cache[key] = {
-                d: shard_box(spec.shape, mesh.shape, layout.placements, coords[i])
-                for i, d in enumerate(mesh.devices)
-            }
+            self._cache[key] = holdings(spec.shape, self.request.meshes[layout.mesh], layout)
+        found = self._cache[key]
+        assert isinstance(found, dict)
+        return found
+
+    def _boxes(self, tensor: int, side: str) -> dict[int, tuple[Box, ...]]:
+        spec = self.request.tensors[tensor]
+        key = ("boxes", spec.shape, spec.src if side == "src" else spec.dst)
+        if key not in self._cache:
+            self._cache[key] = {d: h.boxes for d, h in self.holdings(tensor, side).items()}
         boxes = self._cache[key]
         assert isinstance(boxes, dict)
         return boxes

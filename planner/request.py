@@ -18,14 +18,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from planner.boxes import covers
 from planner.bulk import collection_paused
 from planner.dtypes import ITEMSIZE_BYTES
 from planner.errors import RequestError
+from planner.mesh import Box, Placement, Strided
 
 MAX_TENSOR_BYTES = 1 << 50  # 1 PiB: anything larger is a unit mistake, not a tensor
 MAX_GBPS = 1e7
 MAX_TIME_LIMIT_S = 3600.0
+#: most blocks one layout may list (over all its devices)
+MAX_BLOCKS = 1 << 16
+#: largest `_S(k,f)` split factor
+MAX_SPLIT_FACTOR = 1 << 16
 _SHARD = re.compile(r"^S\((\d+)\)$")
+_STRIDED = re.compile(r"^_S\((\d+),\s*(\d+)\)$")
 
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
@@ -37,7 +44,8 @@ class _Model(BaseModel):
 
 class _Layout(_Model):
     mesh: str
-    placements: list[str]
+    placements: list[str] | None = None
+    blocks: list[list[list[list[Annotated[int, Field(strict=True)]]]]] | None = None
 
 
 class _Tensor(_Model):
@@ -78,10 +86,12 @@ class _Request(_Model):
 @dataclass(frozen=True)
 class Layout:
     """Where a tensor lives: a mesh name and one placement per mesh axis (None = replicate,
-    k = shard tensor dim k)."""
+    k = shard tensor dim k, `Strided`), or `blocks`: the boxes of every mesh device, in the
+    mesh's device order (then `placements` is empty)."""
 
     mesh: str
-    placements: tuple[int | None, ...]
+    placements: tuple[Placement, ...]
+    blocks: tuple[tuple[Box, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -177,11 +187,22 @@ class Request:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def placement_text(p: Placement) -> str:
+    """A placement in request spelling: `R`, `S(k)` or `_S(k,f)`."""
+    if p is None:
+        return "R"
+    if isinstance(p, Strided):
+        return f"_S({p.dim},{p.split_factor})"
+    return f"S({p})"
+
+
 def _layout_json(layout: Layout) -> dict[str, Any]:
-    return {
-        "mesh": layout.mesh,
-        "placements": ["R" if p is None else f"S({p})" for p in layout.placements],
-    }
+    if layout.blocks is not None:
+        return {
+            "mesh": layout.mesh,
+            "blocks": [[[list(iv) for iv in box] for box in boxes] for boxes in layout.blocks],
+        }
+    return {"mesh": layout.mesh, "placements": [placement_text(p) for p in layout.placements]}
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -208,7 +229,7 @@ def _parse_request(data: Any) -> Request:
         shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
         raise RequestError(_field_path(tuple(first["loc"])), f"{first['msg']}{shown}") from None
     meshes = {name: _check_mesh(name, m) for name, m in raw.meshes.items()}
-    layouts: dict[tuple[str, tuple[str, ...], int], Layout] = {}
+    layouts: dict[tuple[object, ...], Layout] = {}
     tensors = tuple(_check_tensor(i, t, meshes, layouts) for i, t in enumerate(raw.tensors))
     first_index: dict[str, int] = {}
     for i, t in enumerate(tensors):
@@ -238,7 +259,7 @@ def _check_tensor(
     i: int,
     t: _Tensor,
     meshes: dict[str, MeshSpec],
-    layouts: dict[tuple[str, tuple[str, ...], int], Layout],
+    layouts: dict[tuple[object, ...], Layout],
 ) -> TensorSpec:
     """One tensor checked; `layouts` remembers the layouts already checked (real models
     repeat a few of them over thousands of tensors)."""
@@ -255,30 +276,89 @@ def _check_tensor(
         t.name,
         shape,
         t.dtype,
-        _known_layout(f"{where}.src", t.src, len(shape), meshes, layouts),
-        _known_layout(f"{where}.dst", t.dst, len(shape), meshes, layouts),
+        _known_layout(f"{where}.src", t.src, shape, meshes, layouts),
+        _known_layout(f"{where}.dst", t.dst, shape, meshes, layouts),
     )
 
 
 def _known_layout(
     where: str,
     layout: _Layout,
-    ndim: int,
+    shape: tuple[int, ...],
     meshes: dict[str, MeshSpec],
-    layouts: dict[tuple[str, tuple[str, ...], int], Layout],
+    layouts: dict[tuple[object, ...], Layout],
 ) -> Layout:
-    key = (layout.mesh, tuple(layout.placements), ndim)
+    if layout.blocks is not None:  # blocks depend on the shape and the side (coverage)
+        return _check_blocks(where, layout, shape, meshes, where.endswith(".src"))
+    key = (layout.mesh, tuple(layout.placements or ()), len(shape))
     if key not in layouts:
-        layouts[key] = _check_layout(where, layout, ndim, meshes)
+        layouts[key] = _check_layout(where, layout, len(shape), meshes)
     return layouts[key]
 
 
-def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, MeshSpec]) -> Layout:
+def _mesh_of(where: str, layout: _Layout, meshes: dict[str, MeshSpec]) -> MeshSpec:
     mesh = meshes.get(layout.mesh)
     if mesh is None:
         raise RequestError(
             f"{where}.mesh", f"unknown mesh {layout.mesh!r} (meshes: {', '.join(sorted(meshes))})"
         )
+    return mesh
+
+
+def _check_blocks(
+    where: str,
+    layout: _Layout,
+    shape: tuple[int, ...],
+    meshes: dict[str, MeshSpec],
+    must_cover: bool,
+) -> Layout:
+    """Blocks: one list of boxes per mesh device, each inside the tensor; with `must_cover`
+    (a source), together covering it."""
+    mesh = _mesh_of(where, layout, meshes)
+    assert layout.blocks is not None
+    if layout.placements is not None:
+        raise RequestError(f"{where}", "give either placements or blocks, not both")
+    if len(layout.blocks) != len(mesh.devices):
+        raise RequestError(
+            f"{where}.blocks",
+            f"{len(layout.blocks)} block lists for mesh {layout.mesh!r} "
+            f"of {len(mesh.devices)} devices (one list per device)",
+        )
+    if sum(len(b) for b in layout.blocks) > MAX_BLOCKS:
+        raise RequestError(f"{where}.blocks", f"more than {MAX_BLOCKS} blocks")
+    out = []
+    for j, boxes in enumerate(layout.blocks):
+        checked = []
+        for k, box in enumerate(boxes):
+            checked.append(_check_box(f"{where}.blocks[{j}][{k}]", box, shape))
+        out.append(tuple(checked))
+    blocks = tuple(out)
+    if must_cover and all(shape):
+        held = [b for boxes in blocks for b in boxes]
+        if not covers(tuple((0, n) for n in shape), held):
+            raise RequestError(
+                f"{where}.blocks", f"source blocks do not cover the tensor of shape {list(shape)}"
+            )
+    return Layout(layout.mesh, (), blocks)
+
+
+def _check_box(where: str, box: list[list[int]], shape: tuple[int, ...]) -> Box:
+    if len(box) != len(shape):
+        raise RequestError(where, f"box has {len(box)} intervals, tensor has {len(shape)} dims")
+    out = []
+    for d, (iv, n) in enumerate(zip(box, shape, strict=True)):
+        if len(iv) != 2 or not 0 <= iv[0] <= iv[1] <= n:
+            raise RequestError(
+                f"{where}[{d}]", f"interval {iv} is not [lo, hi] with 0 <= lo <= hi <= {n}"
+            )
+        out.append((iv[0], iv[1]))
+    return tuple(out)
+
+
+def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, MeshSpec]) -> Layout:
+    mesh = _mesh_of(where, layout, meshes)
+    if layout.placements is None:
+        raise RequestError(f"{where}", "give placements (one per mesh axis) or blocks")
     if len(layout.placements) != len(mesh.shape):
         raise RequestError(
             f"{where}.placements",
@@ -294,20 +374,30 @@ def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, Mesh
     )
 
 
-def parse_placement(where: str, text: str, ndim: int) -> int | None:
-    """'R' -> None, 'S(k)' -> k; partial and malformed placements are rejected."""
+def parse_placement(where: str, text: str, ndim: int) -> Placement:
+    """'R' -> None, 'S(k)' -> k, '_S(k,f)' -> `Strided(k, f)`; partial and malformed
+    placements are rejected."""
     p = text.strip()
     if p == "R":
         return None
     if p == "P" or p.startswith("P("):
         raise RequestError(where, f"partial placement {text!r} is not supported yet")
-    match = _SHARD.match(p)
+    match = _SHARD.match(p) or _STRIDED.match(p)
     if not match:
-        raise RequestError(where, f"unsupported placement {text!r} (expected 'R' or 'S(k)')")
+        raise RequestError(
+            where, f"unsupported placement {text!r} (expected 'R', 'S(k)' or '_S(k,f)')"
+        )
     dim = int(match.group(1))
     if dim >= ndim:
         raise RequestError(where, f"placement {text!r} names tensor dim {dim}, tensor has {ndim}")
-    return dim
+    if match.re is _SHARD:
+        return dim
+    factor = int(match.group(2))
+    if not 1 <= factor <= MAX_SPLIT_FACTOR:
+        raise RequestError(
+            where, f"split factor {factor} in {text!r} is not between 1 and {MAX_SPLIT_FACTOR}"
+        )
+    return Strided(dim, factor)
 
 
 def _check_cluster(c: _Cluster, meshes: dict[str, MeshSpec]) -> ClusterSpec:

@@ -141,53 +141,56 @@ class _Holdings:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.held: dict[tuple[int, int], TimedBoxes] = {}
-        self._src_boxes: dict[int, dict[int, Box]] = {}
+        self._src_boxes: dict[int, dict[int, tuple[Box, ...]]] = {}
 
-    def _own(self, tensor: int, device: int) -> Box | None:
+    def _own(self, tensor: int, device: int) -> tuple[Box, ...]:
         boxes = self._src_boxes.get(tensor)
         if boxes is None:
             boxes = self._src_boxes[tensor] = self.problem.src_boxes(tensor)
-        return boxes.get(device)
+        return boxes.get(device, ())
 
-    def arrival_s(self, tensor: int, device: int, box: Box) -> float | None:
-        """When `device` holds all of `box` of `tensor`; None if it never does (so far)."""
-        own = self._own(tensor, device)
-        if own is not None and contains(own, box):
-            return 0.0
-        boxes = self.held.get((tensor, device))
-        if boxes is None:
-            return None
-        return boxes.time_to_cover(box)
-
-    def deliver(self, tensor: int, device: int, box: Box, time_s: float) -> None:
+    def _timed(self, tensor: int, device: int) -> TimedBoxes:
+        """The boxes `device` holds of `tensor` with their arrival times, its own at 0."""
         key = (tensor, device)
         boxes = self.held.get(key)
         if boxes is None:
             boxes = self.held[key] = TimedBoxes()
-            own = self._own(tensor, device)
-            if own is not None:
+            for own in self._own(tensor, device):
                 boxes.add(own, 0.0)
-        boxes.add(box, time_s)
+        return boxes
+
+    def arrival_s(self, tensor: int, device: int, box: Box) -> float | None:
+        """When `device` holds all of `box` of `tensor`; None if it never does (so far)."""
+        own = self._own(tensor, device)
+        if any(contains(o, box) for o in own):
+            return 0.0
+        if (tensor, device) not in self.held and len(own) < 2:
+            return None
+        return self._timed(tensor, device).time_to_cover(box)
+
+    def deliver(self, tensor: int, device: int, box: Box, time_s: float) -> None:
+        self._timed(tensor, device).add(box, time_s)
 
     def coverage_errors(self) -> list[str]:
         """One error per destination device that misses part of its destination shard."""
         problem, errors = self.problem, []
         for ti, spec in enumerate(problem.request.tensors):
             src_boxes = problem.src_boxes(ti)
-            for d, target in problem.dst_boxes(ti).items():
+            for d, targets in problem.dst_boxes(ti).items():
                 boxes = self.held.get((ti, d))
-                own = src_boxes.get(d)
-                cover = list(boxes.boxes) if boxes is not None else ([own] if own else [])
-                if boxes is not None and boxes.known_disjoint:  # covered iff the volumes add up
-                    if sum(volume(c) for c in clipped_to(target, cover)) == volume(target):
+                cover = list(boxes.boxes) if boxes is not None else list(src_boxes.get(d, ()))
+                disjoint = boxes.known_disjoint if boxes is not None else len(cover) < 2
+                for target in targets:
+                    if disjoint:  # covered iff the volumes add up
+                        if sum(volume(c) for c in clipped_to(target, cover)) == volume(target):
+                            continue
+                    elif covers(target, cover):
                         continue
-                elif covers(target, cover):
-                    continue
-                missing, cell = uncovered_volume(target, cover)
-                errors.append(
-                    f"tensor {spec.name!r}: device {d} misses {missing} elements, "
-                    f"e.g. {list(map(list, cell or ()))}"
-                )
+                    missing, cell = uncovered_volume(target, cover)
+                    errors.append(
+                        f"tensor {spec.name!r}: device {d} misses {missing} elements, "
+                        f"e.g. {list(map(list, cell or ()))}"
+                    )
         return errors
 
 

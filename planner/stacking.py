@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from planner.mesh import Placement, Strided
 from planner.plan import Piece, Transfer
 from planner.request import Layout, Request, TensorSpec
 
@@ -42,8 +43,20 @@ class Stacking:
         return tuple(out)
 
 
-def _shifted(layout: Layout) -> Layout:
-    return Layout(layout.mesh, tuple(None if p is None else p + 1 for p in layout.placements))
+def _shifted(layout: Layout, count: int) -> Layout:
+    """`layout` of a stack of `count` tensors: a new leading dim, whole on every device."""
+    if layout.blocks is not None:
+        blocks = tuple(tuple(((0, count), *box) for box in boxes) for boxes in layout.blocks)
+        return Layout(layout.mesh, (), blocks)
+    return Layout(layout.mesh, tuple(_shifted_placement(p) for p in layout.placements))
+
+
+def _shifted_placement(p: Placement) -> Placement:
+    if p is None:
+        return None
+    if isinstance(p, Strided):
+        return Strided(p.dim + 1, p.split_factor)
+    return p + 1
 
 
 def stack_identical(request: Request) -> Stacking | None:
@@ -64,8 +77,8 @@ def stack_identical(request: Request) -> Stacking | None:
                 f"{first.name} (+{len(members) - 1} alike)",
                 (len(members), *first.shape),
                 first.dtype,
-                _shifted(first.src),
-                _shifted(first.dst),
+                _shifted(first.src, len(members)),
+                _shifted(first.dst, len(members)),
             )
         )
     stacked = replace(request, tensors=tuple(tensors))

@@ -8,6 +8,7 @@ are plain JSON dicts, exactly what a launcher would send.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 from typing import Any
@@ -91,6 +92,60 @@ def random_request(rng: random.Random, max_hosts: int = 6, max_tensors: int = 3)
             "duplex": rng.choice(["full", "full", "half"]),
         },
     }
+
+
+def random_multibox_request(
+    rng: random.Random, max_hosts: int = 6, max_elements: int = 1 << 16
+) -> dict[str, Any]:
+    """`random_request` whose layouts hold several boxes per device: some placements become
+    strided shards, some layouts random blocks (a device's blocks are disjoint; sources cover
+    the tensor, replicas overlap). Tensors of at most about `max_elements` elements."""
+    request = random_request(rng, max_hosts)
+    for t in request["tensors"]:
+        rest = math.prod(t["shape"][1:])
+        t["shape"][0] = max(1, min(t["shape"][0], max_elements // rest))
+    return with_multibox_layouts(request, rng)
+
+
+def with_multibox_layouts(request: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """`request` (changed in place) with some sharded placements made strided (`_S(k,f)`) and
+    some layouts made random blocks."""
+    for t in request["tensors"]:
+        for side in ("src", "dst"):
+            layout = t[side]
+            kind = rng.choice(["strided", "blocks", "keep"])
+            if kind == "strided":
+                layout["placements"] = [
+                    p if p == "R" or rng.random() < 0.3 else f"_S({p[2:-1]},{rng.randint(1, 4)})"
+                    for p in layout["placements"]
+                ]
+            elif kind == "blocks":
+                count = len(request["meshes"][layout["mesh"]]["devices"])
+                del layout["placements"]
+                layout["blocks"] = _random_blocks(rng, t["shape"], count, side == "src")
+    return request
+
+
+def _random_blocks(
+    rng: random.Random, shape: list[int], num_devices: int, cover: bool
+) -> list[list[list[list[int]]]]:
+    """The tensor cut in a random grid; each cell goes to one or two devices (to every cell
+    when `cover`, else some cells to none)."""
+    cuts = []
+    for n in shape:
+        inner = sorted(rng.sample(range(1, n), min(n - 1, rng.randint(0, 3)))) if n > 1 else []
+        cuts.append([0, *inner, n])
+    blocks: list[list[list[list[int]]]] = [[] for _ in range(num_devices)]
+    for cell in itertools.product(*(range(len(c) - 1) for c in cuts)):
+        box = [[c[k], c[k + 1]] for c, k in zip(cuts, cell, strict=True)]
+        owners = rng.sample(range(num_devices), min(num_devices, rng.choice([1, 1, 2])))
+        if not cover and rng.random() < 0.2:
+            owners = []
+        for d in owners:
+            blocks[d].append(box)
+    for boxes in blocks:
+        rng.shuffle(boxes)
+    return blocks
 
 
 def _cluster_request(

@@ -1,9 +1,11 @@
 """Tiles: the disjoint boxes a reshard moves, with who holds and who needs each one.
 
-A tile is the intersection of one source shard box and one destination shard box. Along each
-tensor dim the source chunks and the destination chunks both partition the extent, so the tiles
-are the product over dims of the per-dim chunk intersections; everything is computed with numpy
-on those products, never per device pair.
+Placement layouts (strided shards included): along each tensor dim the source intervals and
+the destination intervals both partition the extent, each interval held by the devices of one
+group of mesh coordinates, so the tiles are the product over dims of the per-dim interval
+intersections; everything is computed with numpy on those products, never per device pair.
+Block layouts (either side): the boxes' edges cut every dim into elementary intervals, and a
+tile is a cell of that grid, held by every device one of whose source boxes contains it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.holdings import holdings
 from planner.mesh import axes_sharding, dim_chunks, mesh_coords
 from planner.request import Layout, MeshSpec, Request, TensorSpec
 
@@ -47,43 +50,46 @@ class Tiles:
 
 @dataclass
 class _Layout:
-    """Per-dim chunk tables of one layout and the shard of every mesh position."""
+    """Per-dim interval tables of one layout (`(lo, hi, group)`, groups numbered per dim) and
+    the shard (one group per dim) of every mesh position."""
 
-    chunks: list[list[tuple[int, int, tuple[int, ...]]]]
+    chunks: list[list[tuple[int, int, int]]]
+    num_groups: list[int]
     shard_of_position: np.ndarray  # flat shard id per mesh position, -1 when empty
     devices: np.ndarray
 
 
 def _layout_tables(t: TensorSpec, layout: Layout, mesh: MeshSpec) -> _Layout:
     coords = mesh_coords(mesh.shape)
-    chunk_tables, per_dim_index = [], []
+    chunk_tables, per_dim_index, num_groups = [], [], []
     for dim, length in enumerate(t.shape):
         axes = axes_sharding(layout.placements, dim)
-        chunks = dim_chunks(length, mesh.shape, axes)
-        lookup = {c: j for j, (_, _, c) in enumerate(chunks)}
+        chunks = dim_chunks(length, mesh.shape, layout.placements, dim)
+        lookup: dict[tuple[int, ...], int] = {}
+        for _, _, c in chunks:
+            lookup.setdefault(c, len(lookup))
         index = np.array([lookup.get(tuple(int(x) for x in row[list(axes)]), -1) for row in coords])
-        chunk_tables.append(chunks)
+        chunk_tables.append([(lo, hi, lookup[c]) for lo, hi, c in chunks])
         per_dim_index.append(index)
+        num_groups.append(len(lookup))
     if t.shape:
         stacked = np.stack(per_dim_index)
         empty = (stacked < 0).any(axis=0)
-        dims = tuple(max(1, len(c)) for c in chunk_tables)
+        dims = tuple(max(1, n) for n in num_groups)
         flat = np.asarray(np.ravel_multi_index(tuple(np.where(empty, 0, stacked)), dims))
         shard: np.ndarray = np.where(empty, -1, flat)
     else:
         shard = np.zeros(len(mesh.devices), dtype=np.int64)
-    return _Layout(chunk_tables, shard, np.asarray(mesh.devices, dtype=np.int64))
+    return _Layout(chunk_tables, num_groups, shard, np.asarray(mesh.devices, dtype=np.int64))
 
 
-def _dim_pieces(
-    src: list[tuple[int, int, tuple[int, ...]]], dst: list[tuple[int, int, tuple[int, ...]]]
-) -> np.ndarray:
-    """Intersections of two partitions of one dim: rows `(lo, hi, src_chunk, dst_chunk)`."""
+def _dim_pieces(src: list[tuple[int, int, int]], dst: list[tuple[int, int, int]]) -> np.ndarray:
+    """Intersections of two partitions of one dim: rows `(lo, hi, src_group, dst_group)`."""
     out, i, j = [], 0, 0
     while i < len(src) and j < len(dst):
         lo, hi = max(src[i][0], dst[j][0]), min(src[i][1], dst[j][1])
         if lo < hi:
-            out.append((lo, hi, i, j))
+            out.append((lo, hi, src[i][2], dst[j][2]))
         if src[i][1] <= dst[j][1]:
             i += 1
         else:
@@ -122,6 +128,8 @@ def _tensor_tiles(
     t: TensorSpec, request: Request, sets: _DeviceSets, max_ndim: int
 ) -> dict[str, np.ndarray]:
     """Tiles of tensor `t`, as if it were tensor 0 (`build_tiles` sets the index)."""
+    if t.src.blocks is not None or t.dst.blocks is not None:
+        return _grid_tiles(t, request, sets, max_ndim)
     src = _layout_tables(t, t.src, request.meshes[t.src.mesh])
     dst = _layout_tables(t, t.dst, request.meshes[t.dst.mesh])
     pieces = [_dim_pieces(s, d) for s, d in zip(src.chunks, dst.chunks, strict=True)]
@@ -141,8 +149,8 @@ def _tensor_tiles(
     src_shard: np.ndarray
     dst_shard: np.ndarray
     if pieces:
-        src_dims = tuple(len(c) for c in src.chunks)
-        dst_dims = tuple(len(c) for c in dst.chunks)
+        src_dims = tuple(src.num_groups)
+        dst_dims = tuple(dst.num_groups)
         src_shard = np.asarray(np.ravel_multi_index(tuple(src_chunk), src_dims))
         dst_shard = np.asarray(np.ravel_multi_index(tuple(dst_chunk), dst_dims))
     else:
@@ -181,6 +189,85 @@ def _tensor_tiles(
         "num_bytes": volume * t.itemsize_bytes,
         "holders": holder_ids[inv],
         "needers": needer_ids[inv],
+        "natural": natural,
+    }
+
+
+def _cell_members(
+    boxes: dict[int, tuple[tuple[tuple[int, int], ...], ...]], cuts: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(cell, device)` pairs, sorted and distinct: the grid cells (flat ids) inside some box of
+    each device."""
+    dims = tuple(len(c) - 1 for c in cuts)
+    cells, devices = [], []
+    for d, held in boxes.items():
+        for box in held:
+            ranges = [
+                np.arange(np.searchsorted(c, lo), np.searchsorted(c, hi))
+                for c, (lo, hi) in zip(cuts, box, strict=True)
+            ]
+            ids = np.ravel_multi_index(np.ix_(*ranges), dims).ravel() if ranges else np.zeros(1)
+            cells.append(ids.astype(np.int64))
+            devices.append(np.full(len(ids), d, dtype=np.int64))
+    if not cells:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pairs = np.unique(np.stack([np.concatenate(cells), np.concatenate(devices)]), axis=1)
+    return pairs[0], pairs[1]
+
+
+def _grouped(cells: np.ndarray, devices: np.ndarray) -> dict[int, np.ndarray]:
+    keys, starts = np.unique(cells, return_index=True)
+    bounds = [*starts[1:].tolist(), len(cells)][: len(keys)]
+    return {int(k): devices[a:b] for k, a, b in zip(keys, starts, bounds, strict=True)}
+
+
+def _grid_tiles(
+    t: TensorSpec, request: Request, sets: _DeviceSets, max_ndim: int
+) -> dict[str, np.ndarray]:
+    """Tiles of a tensor with blocks on either side: the cells of the grid cut by every box
+    edge, each with the devices whose boxes contain it."""
+    sides = []
+    for layout in (t.src, t.dst):
+        mesh = request.meshes[layout.mesh]
+        held = {d: h.boxes for d, h in holdings(t.shape, mesh, layout).items()}
+        sides.append((held, {d: i for i, d in enumerate(mesh.devices)}))
+    (src_held, src_pos), (dst_held, dst_pos) = sides
+    edges: list[set[int]] = [{0, n} for n in t.shape]
+    for held in (src_held, dst_held):
+        for boxes in held.values():
+            for box in boxes:
+                for d, interval in enumerate(box):
+                    edges[d].update(interval)
+    cuts = [np.array(sorted(e), dtype=np.int64) for e in edges]
+    holders = _grouped(*_cell_members(src_held, cuts))
+    needers = _grouped(*_cell_members(dst_held, cuts))
+    dims = tuple(len(c) - 1 for c in cuts)
+    rows = []
+    for cell, wanting in needers.items():
+        having = holders.get(cell)
+        if having is None:  # parsing checks that source blocks cover the tensor
+            raise ValueError(f"tensor {t.name!r}: no source block holds grid cell {cell}")
+        lacking = np.setdiff1d(wanting, having)
+        if len(lacking):
+            first_dst = min(dst_pos[int(d)] for d in wanting)
+            first_src = min(src_pos[int(d)] for d in having)
+            rows.append((cell, sets.intern(having), sets.intern(lacking), first_dst, first_src))
+    lo = np.zeros((len(rows), max_ndim), dtype=np.int64)
+    hi = np.ones((len(rows), max_ndim), dtype=np.int64)
+    if rows and dims:
+        index = np.unravel_index(np.array([r[0] for r in rows], dtype=np.int64), dims)
+        for d, c in enumerate(cuts):
+            lo[:, d], hi[:, d] = c[index[d]], c[index[d] + 1]
+    table = np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 4)
+    natural = np.stack(
+        [np.zeros(len(rows), dtype=np.int64), table[:, 2], table[:, 3]], axis=1
+    ).reshape(-1, 3)
+    return {
+        "lo": lo,
+        "hi": hi,
+        "num_bytes": np.prod(hi - lo, axis=1) * t.itemsize_bytes,
+        "holders": table[:, 0],
+        "needers": table[:, 1],
         "natural": natural,
     }
 

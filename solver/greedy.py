@@ -61,7 +61,9 @@ class Router:
         self.problem = problem
         self.topo = problem.topology
         self.load = np.zeros(self.topo.num_ports)
-        self.breadth = Breadth(narrow=True, per_host=per_host, split_share=GREEDY_SPLIT_SHARE)
+        self.breadth = Breadth(
+            narrow=True, per_host=per_host, split_share=GREEDY_SPLIT_SHARE, through=True
+        )
         self.ranking = Ranking(self._sender_load, self._entry_load)
 
     def _sender_load(self, device: int) -> float:
@@ -107,11 +109,11 @@ class Router:
         return min(recipes, key=key)
 
     def choose(self, job: Job) -> Recipe:
-        """The best unsplit recipe; a split one only when it finishes the item
-        `SPLIT_GAIN` sooner."""
-        unsplit = [r for r in job.recipes if r.num_parts == 1]
+        """The best unsplit relayed recipe; a split one, or a chain through every needer, only
+        when it finishes the item `SPLIT_GAIN` sooner."""
+        unsplit = [r for r in job.recipes if r.num_parts == 1 and not r.through]
         chosen = self.best(unsplit)
-        splits = [r for r in job.recipes if r.num_parts > 1]
+        splits = [r for r in job.recipes if r.num_parts > 1 or r.through]
         if splits:
             split = self.best([chosen, *splits])
             if self.finish_s(split.moves) < self.finish_s(chosen.moves) * SPLIT_GAIN:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.cost import transfer_cost
 from planner.problem import Problem
@@ -48,6 +48,9 @@ class Recipe:
     item: int
     num_parts: int
     moves: tuple[MoveSpec, ...]
+    #: one chain through every needer of multi-rail hosts, pipelined over NVLink behind the
+    #: NIC: no relay tail, but the NVLink ports are held as long as the NIC
+    through: bool = False
 
 
 #: the key of an item's remote job (local jobs are keyed by their host)
@@ -218,6 +221,8 @@ class Breadth:
     per_host: bool = True
     #: split recipes for items that keep a rail busy at least this share of the lower bound
     split_share: float = SPLIT_SHARE
+    #: on multi-rail hosts also chains through all needers (`Recipe.through`)
+    through: bool = False
 
 
 def relay_styles(
@@ -262,8 +267,10 @@ def remote_recipes(
     layout j enters each host through its j-th entry option (`ranking` order, else by rail).
     Recipes: each sender x relay style x layout (relays enter through a layout, chains through
     the first needer of every host when all hosts have one needer or the breadth is narrow);
-    with `per_host`, one move per host, the senders taking turns; for items that keep a rail
-    busy `breadth.split_share` of the bound, splits in 2, 4, 8 parts, part j through layout j."""
+    with `per_host`, one move per host, the senders taking turns; with `breadth.through`, a
+    chain through every needer from each sender (hosts of at most two needers); for items
+    that keep a rail busy `breadth.split_share` of the bound, splits in 2, 4, 8 parts, part j
+    through layout j."""
     topo = problem.topology
     sources = senders(problem, item)
     entries = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
@@ -293,6 +300,23 @@ def remote_recipes(
                         problem, index, item, remote, sources, [layout], 1, relay, fanout, True
                     )
                 )
+    # a chain through one more needer per host holds one NVLink hop as long as the NIC;
+    # through more it would hold most of the host's NVLink ports
+    pairs = all(len(ds) <= 2 for ds in remote.values())
+    if (
+        breadth.through
+        and topo.num_rails > 1
+        and item.piece_needers is None
+        and not single
+        and pairs
+    ):
+        recipes += [
+            replace(
+                delivery_recipe(problem, index, item, remote, [s], [direct], 1, False),
+                through=True,
+            )
+            for s in sources
+        ]
     if item.num_bytes / topo.nic_bytes_per_s >= breadth.split_share * problem.lower_bound_s:
         most = max(len(sources), min(len(e) for e in entries.values()))
         for parts in SPLIT_PARTS:

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from executor.arguments import check_arguments  # noqa: E402
+from executor.arguments import Expected, check_arguments  # noqa: E402
 
 CPU = torch.device("cpu")
-SOURCES = {"w": ((4, 6), torch.bfloat16)}
-OUT = {"w": ((2, 6), torch.bfloat16), "b": ((6,), torch.float32)}
+SOURCES = {"w": Expected(((4, 6),), torch.bfloat16)}
+OUT = {"w": Expected(((2, 6),), torch.bfloat16), "b": Expected(((6,),), torch.float32)}
 
 
 def _check(sources: dict, out: dict) -> str | None:  # type: ignore[type-arg]
@@ -69,3 +69,33 @@ def test_an_out_sharing_memory_with_a_source_is_refused() -> None:
     problem = _check({"w": buffer[:4]}, {"w": buffer[3:5]})
     assert problem == "out['w']: shares memory with source_shards['w']"
     assert _check({"w": buffer[:4]}, {"w": buffer[4:6]}) is None  # adjacent rows do not overlap
+
+
+BLOCKS = {"qkv": Expected(((2, 4), (1, 4)), torch.float32, listed=True)}
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [
+        (
+            {"qkv": torch.zeros(3, 4)},
+            "source_shards['qkv']: expected a list of 2 tensors (one per block), got Tensor",
+        ),
+        (
+            {"qkv": [torch.zeros(2, 4)]},
+            "source_shards['qkv']: expected a list of 2 tensors (one per block), got 1 items",
+        ),
+        (
+            {"qkv": [torch.zeros(2, 4), torch.zeros(2, 4)]},
+            "source_shards['qkv'][1]: expected (1, 4) float32 on cpu, got (2, 4) float32 on cpu",
+        ),
+    ],
+)
+def test_block_layouts_take_one_tensor_per_block(sources: dict, expected: str) -> None:  # type: ignore[type-arg]
+    assert check_arguments(sources, {}, BLOCKS, {}, CPU) == expected
+    good = [torch.zeros(2, 4), torch.zeros(1, 4)]
+    assert check_arguments({"qkv": good}, {}, BLOCKS, {}, CPU) is None
+    out = {"qkv": [torch.zeros(2, 4), good[1]]}
+    assert check_arguments({"qkv": good}, out, BLOCKS, BLOCKS, CPU) == (
+        "out['qkv'][1]: shares memory with source_shards['qkv'][1]"
+    )

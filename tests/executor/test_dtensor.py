@@ -10,8 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
-from torch.distributed.tensor import DTensor, Partial, Replicate, Shard  # noqa: E402
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: E402
+from torch.distributed.tensor import (  # noqa: E402
+    DTensor,
+    Partial,
+    Replicate,
+    Shard,
+    distribute_tensor,
+)
+from torch.distributed.tensor.placement_types import _StridedShard  # noqa: E402
 
 from executor import dtensor  # noqa: E402
 from executor.local_world import LocalWorld, RankFailure  # noqa: E402
@@ -29,13 +35,23 @@ CLUSTER = {
 }
 
 
+def _placement(name: str) -> Any:
+    if name == "R":
+        return Replicate()
+    if name.startswith("_S("):
+        dim, factor = name[3:-1].split(",")
+        return _StridedShard(int(dim), split_factor=int(factor))
+    return Shard(int(name[2:-1]))
+
+
 def _placements(names: list[str]) -> list[Any]:
-    return [Replicate() if n == "R" else Shard(int(n[2:-1])) for n in names]
+    return [_placement(n) for n in names]
 
 
 def _local_slice(full: Any, mesh: DeviceMesh, placements: list[Any]) -> Any:
-    shape, offset = compute_local_shape_and_global_offset(full.shape, mesh, placements)
-    return full[tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))]
+    """This rank's local tensor, as torch's `distribute_tensor` makes it (no source rank:
+    every rank splits `full` itself)."""
+    return distribute_tensor(full, mesh, placements, src_data_rank=None).to_local()
 
 
 def _reshard_job(
@@ -99,6 +115,36 @@ CASES = {
     ),
     # training to inference: 8-way FSDP-like to TP 2 on other hosts, bool mask
     "refit": ([16, 7], "bool", ([8], list(range(8)), ["S(0)"]), ([2], [10, 11], ["S(1)"])),
+    # torchtitan's FSDP2 over TP: (dp=2, tp=2) with (_S(0, 2), S(0)), to TP 2 elsewhere
+    "fsdp2-tp": (
+        [16, 6],
+        "float32",
+        ([2, 2], [0, 1, 2, 3], ["_S(0,2)", "S(0)"]),
+        ([2], [4, 5], ["S(1)"]),
+    ),
+    # the same with uneven rows (13 over 2 x 2), to 4-way row shards
+    "fsdp2-tp-uneven": (
+        [13, 5],
+        "bfloat16",
+        ([2, 2], [0, 1, 2, 3], ["_S(0,2)", "S(0)"]),
+        ([4], [4, 5, 6, 7], ["S(0)"]),
+    ),
+    # a strided destination: column shards into an FSDP2+TP layout on another host
+    "to-strided": (
+        [12, 4],
+        "int32",
+        ([4], [0, 1, 2, 3], ["S(1)"]),
+        ([2, 2], [4, 5, 6, 7], ["_S(0,2)", "S(0)"]),
+    ),
+    # the same mesh: row-and-column shards into FSDP2+TP
+    "strided-same-mesh": (
+        [10, 6],
+        "float16",
+        ([2, 2], [4, 5, 6, 7], ["S(0)", "S(1)"]),
+        ([2, 2], [4, 5, 6, 7], ["_S(0,2)", "S(0)"]),
+    ),
+    # 1-D strided shards whose local rows are not contiguous, overlapping meshes
+    "strided-1d": ([9, 3], "int64", ([3], [0, 1, 2], ["_S(0,2)"]), ([2], [2, 3], ["_S(0,3)"])),
 }
 
 

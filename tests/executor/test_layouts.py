@@ -4,6 +4,7 @@ down, every destination shard compared byte for byte with the reference tensors.
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytest
@@ -12,11 +13,12 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
+from executor.executor import Mode
 from executor.local_run import RunSettings, run_plan
 from executor.local_world import LocalWorld
 from planner import build_problem, parse_request
 from planner.dtypes import ITEMSIZE_BYTES
-from planner.synthetic import scaled_request
+from planner.synthetic import scaled_request, with_multibox_layouts
 from solver import SolveOptions, make_plan
 from tests.conftest import load_case
 
@@ -104,6 +106,34 @@ def test_drawn_layouts_are_bit_exact(world: LocalWorld, request: dict[str, Any],
     for algorithm in ["greedy", "broadcast-lb", "auto"]:
         plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=0.3))
         report = run_plan(world, parsed, plan, RunSettings(mode=mode, chunk_bytes=64))
+        assert report.verified, (algorithm, report.mismatches)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    request=layouts(),
+    seed=st.integers(0, 2**16),
+    mode=st.sampled_from(["chain", "broadcast"]),
+    caller_tensors=st.booleans(),
+)
+def test_drawn_strided_and_block_layouts_are_bit_exact(
+    world: LocalWorld, request: dict[str, Any], seed: int, mode: Mode, caller_tensors: bool
+) -> None:
+    """Several boxes per rank on either side: DTensor local tensors of strided shards, lists
+    of block tensors; with `caller_tensors`, sources and `out` as strided views."""
+    parsed = parse_request(with_multibox_layouts(request, random.Random(seed)))
+    problem = build_problem(parsed)
+    settings = RunSettings(
+        mode=mode, chunk_bytes=64, use_out=caller_tensors, strided=caller_tensors
+    )
+    for algorithm in ["greedy", "auto"]:
+        plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=0.3))
+        report = run_plan(world, parsed, plan, settings)
         assert report.verified, (algorithm, report.mismatches)
 
 

@@ -105,6 +105,37 @@ INVALID = [
     ("tensors", [], "tensors", "at least 1"),
     # time limit out of range
     ("options", {"time_limit_s": 0}, "options.time_limit_s", "greater than 0"),
+    # strided shards: malformed, a zero split factor, a missing dim
+    ("tensors.0.src.placements", ["_S(0)", "R"], "tensors[0].src.placements[0]", "'_S(k,f)'"),
+    ("tensors.0.src.placements", ["_S(0,0)", "R"], "tensors[0].src.placements[0]", "factor 0"),
+    ("tensors.0.dst.placements", ["R", "_S(2,2)"], "tensors[0].dst.placements[1]", "dim 2"),
+    # blocks: one list per device, boxes inside the tensor, sources covering it
+    ("tensors.0.dst", {"mesh": "b", "blocks": [[]]}, "tensors[0].dst.blocks", "1 block lists"),
+    (
+        "tensors.0.dst",
+        {"mesh": "b", "blocks": [[[[0, 65], [0, 32]]], [], [], []]},
+        "tensors[0].dst.blocks[0][0][0]",
+        "interval [0, 65]",
+    ),
+    (
+        "tensors.0.dst",
+        {"mesh": "b", "blocks": [[[[0, 64]]], [], [], []]},
+        "tensors[0].dst.blocks[0][0]",
+        "box has 1 intervals, tensor has 2 dims",
+    ),
+    (
+        "tensors.0.src",
+        {"mesh": "a", "blocks": [[[[0, 32], [0, 32]]], [], [], [[[33, 64], [0, 32]]]]},
+        "tensors[0].src.blocks",
+        "do not cover the tensor",
+    ),
+    (
+        "tensors.0.src",
+        {"mesh": "a", "placements": ["R", "R"], "blocks": [[], [], [], []]},
+        "tensors[0].src",
+        "either placements or blocks",
+    ),
+    ("tensors.0.src", {"mesh": "a"}, "tensors[0].src", "placements (one per mesh axis) or blocks"),
 ]
 
 
@@ -150,3 +181,14 @@ def test_request_id_is_canonical() -> None:
     ids = {parse_request(r).request_id for r in (BASE, shuffled, explicit)}
     assert len(ids) == 1
     assert parse_request(with_change("cluster.nic_gbps", 20)).request_id not in ids
+
+
+def test_strided_and_block_layouts_round_trip() -> None:
+    blocks = [[[[0, 16], [0, 32]], [[48, 64], [0, 32]]], [[[16, 48], [0, 32]]], [], []]
+    request = with_change("tensors.0.src", {"mesh": "a", "placements": ["_S(0, 2)", "S(0)"]})
+    request["tensors"][0]["dst"] = {"mesh": "b", "blocks": blocks}
+    parsed = parse_request(request)
+    again = parse_request(parsed.to_json())
+    assert again == parsed and again.request_id == parsed.request_id
+    assert parsed.to_json()["tensors"][0]["src"]["placements"] == ["_S(0,2)", "S(0)"]
+    assert parsed.to_json()["tensors"][0]["dst"]["blocks"] == blocks

@@ -9,38 +9,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.boxes import contains, intersect, volume
-from planner.synthetic import random_request
+from planner.synthetic import random_multibox_request, random_request
 from tests.conftest import load_case, problem_of
 
 
-def check_tiles_cover_destinations(request: dict) -> None:
+def check_tiles_cover_destinations(request: dict) -> None:  # type: ignore[type-arg]
+    """A device's boxes on one side are disjoint (placements, and the generators' blocks)."""
     problem = problem_of(request)
     tiles = problem.tiles
     for ti in range(len(problem.request.tensors)):
         src_boxes, dst_boxes = problem.src_boxes(ti), problem.dst_boxes(ti)
         mine = [i for i in range(len(tiles)) if tiles.tensor[i] == ti]
-        for d, target in dst_boxes.items():
-            own = src_boxes.get(d)
-            held = (
-                volume(intersect(target, own) or ())
-                if own is not None and intersect(target, own)
-                else 0
-            )
+        for d, targets in dst_boxes.items():
+            own = src_boxes.get(d, ())
+            held = sum(volume(intersect(t, o) or ((0, 0),)) for t in targets for o in own)
             needed = [i for i in mine if d in tiles.device_sets[int(tiles.needers[i])]]
             boxes = [tiles.box(i) for i in needed]
-            # every needed tile lies inside the device's destination box and outside what it holds
-            assert all(contains(target, b) for b in boxes)
-            if own is not None:
-                assert all(intersect(b, own) is None for b in boxes)
-            # pairwise disjoint, and together with the held part they fill the box exactly
+            # every needed tile lies inside a destination box and outside what it holds
+            assert all(any(contains(t, b) for t in targets) for b in boxes)
+            assert all(intersect(b, o) is None for b in boxes for o in own)
+            # pairwise disjoint, and together with the held part they fill the boxes exactly
             for a in range(len(boxes)):
                 for b in range(a + 1, len(boxes)):
                     assert intersect(boxes[a], boxes[b]) is None
-            assert sum(volume(b) for b in boxes) + held == volume(target)
+            assert sum(volume(b) for b in boxes) + held == sum(volume(t) for t in targets)
         for i in mine:
             box = tiles.box(i)
             holders = tiles.device_sets[int(tiles.holders[i])]
-            assert holders == tuple(sorted(d for d, b in src_boxes.items() if contains(b, box)))
+            assert holders == tuple(
+                sorted(d for d, own in src_boxes.items() if any(contains(o, box) for o in own))
+            )
             assert (
                 int(tiles.num_bytes[i]) == volume(box) * problem.request.tensors[ti].itemsize_bytes
             )
@@ -50,6 +48,12 @@ def check_tiles_cover_destinations(request: dict) -> None:
 @given(st.integers(0, 2**32 - 1))
 def test_tiles_cover_every_destination_element_once(seed: int) -> None:
     check_tiles_cover_destinations(random_request(random.Random(seed), max_hosts=4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_tiles_of_strided_and_block_layouts(seed: int) -> None:
+    check_tiles_cover_destinations(random_multibox_request(random.Random(seed), max_hosts=4))
 
 
 def test_tiles_of_shared_cases() -> None:

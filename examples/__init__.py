@@ -1,0 +1,1 @@
+"""Worked examples of meshcast on a local world."""
