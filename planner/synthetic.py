@@ -269,7 +269,9 @@ def transpose_request(num_devices: int, gpus_per_host: int = 8) -> dict[str, Any
 
 def scaled_request(request: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """A copy of `request` whose tensors hold at most `max_bytes` in all: the largest dim of
-    the largest tensor is halved (rounding up) until they fit. Layouts and cluster stay."""
+    the largest tensor is halved (rounding up) until they fit. Layouts and cluster stay; a
+    tensor with block layouts is halved only along a dim where its length and every block edge
+    are even, so its blocks halve exactly."""
     if max_bytes <= 0:
         raise ValueError(f"max_bytes: must be positive, got {max_bytes}")
     scaled = copy.deepcopy(request)
@@ -279,13 +281,38 @@ def scaled_request(request: dict[str, Any], max_bytes: int) -> dict[str, Any]:
         return math.prod(t["shape"]) * ITEMSIZE_BYTES[t["dtype"]]
 
     while sum(num_bytes(t) for t in tensors) > max_bytes:
-        largest = max(tensors, key=num_bytes)
-        shape = largest["shape"]
-        axis = max(range(len(shape)), key=lambda a: shape[a])
-        if shape[axis] <= 1:
-            raise ValueError(f"max_bytes: {max_bytes} is below one element of every tensor")
-        shape[axis] = (shape[axis] + 1) // 2
+        fitting = [(t, a) for t in tensors if (a := _halvable_axis(t)) is not None]
+        if not fitting:
+            raise ValueError(
+                f"max_bytes: {max_bytes} is too small: no tensor can be halved further "
+                "(one element, or block edges that do not halve)"
+            )
+        largest, axis = max(fitting, key=lambda ta: num_bytes(ta[0]))
+        largest["shape"][axis] = (largest["shape"][axis] + 1) // 2
+        for side in ("src", "dst"):
+            for boxes in largest[side].get("blocks", ()):
+                for box in boxes:
+                    box[axis] = [box[axis][0] // 2, box[axis][1] // 2]
     return scaled
+
+
+def _halvable_axis(tensor: dict[str, Any]) -> int | None:
+    """The longest dim of `tensor` that can be halved (None: none can)."""
+    shape = tensor["shape"]
+    blocks = [b for side in ("src", "dst") for bs in tensor[side].get("blocks", ()) for b in bs]
+    axes = [
+        a
+        for a in range(len(shape))
+        if shape[a] > 1
+        and (
+            not blocks
+            or (
+                shape[a] % 2 == 0
+                and all(lo % 2 == hi % 2 == 0 for lo, hi in (b[a] for b in blocks))
+            )
+        )
+    ]
+    return max(axes, key=lambda a: shape[a], default=None)
 
 
 def moe_refit_request(

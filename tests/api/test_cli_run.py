@@ -175,3 +175,32 @@ def test_ctrl_c_stops_every_rank_quietly(after_s: float) -> None:
     assert rest.strip().splitlines()[-1] == "meshcast: interrupted"
     assert "Traceback" not in rest and "leaked" not in rest, rest
     assert not survivors(ranks), "ranks outlived meshcast run"
+
+
+@pytest.mark.torch
+def test_block_layouts_run_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fused QKV weight from Megatron's order into vLLM's: each rank's blocks filled from
+    the reference tensor and compared after the run."""
+    from examples.fused_qkv_refit import main as example
+
+    assert (
+        example(
+            [
+                "--heads",
+                "8",
+                "--kv-heads",
+                "4",
+                "--head-dim",
+                "16",
+                "--hidden",
+                "32",
+                "--write-requests",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    request = tmp_path / "fused-qkv-megatron-to-vllm.json"
+    assert main(["run", str(request), "--algorithm", "auto", "--json", "--out"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["verified"] is True

@@ -181,3 +181,29 @@ def test_reference_boxes_computed_in_slabs_are_the_same(monkeypatch: pytest.Monk
     whole = reference_box("s", (9, 11, 7), "int32", box)
     monkeypatch.setattr(executor.reference, "SLAB_ELEMENTS", 50)
     assert same_bytes(reference_box("s", (9, 11, 7), "int32", box), whole)
+
+
+def test_scaled_request_halves_blocks_exactly() -> None:
+    from examples.fused_qkv_refit import request
+    from planner.fused import Attention
+
+    full = request(Attention(32, 8, 128, 4096), True, "auto")
+    scaled = scaled_request(full, 1 << 20)
+    parsed = parse_request(scaled)  # blocks still inside, sources still cover
+    (tensor,) = parsed.tensors
+    assert tensor.shape[0] * tensor.shape[1] * 2 <= 1 << 20
+    factors = [a // b for a, b in zip(full["tensors"][0]["shape"], tensor.shape, strict=True)]
+    assert [a // f for a, f in zip(full["tensors"][0]["shape"], factors, strict=True)] == list(
+        tensor.shape
+    )
+    for side in ("src", "dst"):
+        halved = [
+            [
+                [[lo // f, hi // f] for (lo, hi), f in zip(box, factors, strict=True)]
+                for box in boxes
+            ]
+            for boxes in full["tensors"][0][side]["blocks"]
+        ]
+        assert scaled["tensors"][0][side]["blocks"] == halved
+    with pytest.raises(ValueError, match="no tensor can be halved further"):
+        scaled_request(full, 1)
