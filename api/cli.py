@@ -201,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("meshcast: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "meshcast: error: out of memory (the request's work is beyond this machine)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

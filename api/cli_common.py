@@ -11,6 +11,7 @@ from planner import RequestError, build_problem, parse_request
 from planner.bulk import collection_paused
 from planner.problem import Problem
 from planner.request import MAX_TIME_LIMIT_S
+from planner.work import check_work
 from solver import SolveOptions, resolve
 
 
@@ -31,8 +32,11 @@ def read_json(path: str, what: str) -> Any:
 
 
 def load_problem(path: str) -> Problem:
+    """The request at `path`, checked and within `planner.work`'s default limits."""
     try:
-        return build_problem(parse_request(read_json(path, "request")))
+        request = parse_request(read_json(path, "request"))
+        check_work(request)
+        return build_problem(request)
     except RequestError as err:
         raise UsageError(f"invalid request {path!r}: {err}") from None
 

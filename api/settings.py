@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+from planner.work import DEFAULT_MAX_SOLVE_BYTES, DEFAULT_MAX_TILES
+
 
 class SettingsError(ValueError):
     """An environment variable holds an unusable value; the message names it."""
@@ -24,6 +26,10 @@ class Settings:
     max_tensors: int = 100_000
     #: most devices in one request's cluster
     max_devices: int = 16384
+    #: most tiles a request's layouts may cut its tensors into (`planner.work`)
+    max_tiles: int = DEFAULT_MAX_TILES
+    #: most memory one solve may take, estimated from the request before planning
+    max_solve_bytes: int = DEFAULT_MAX_SOLVE_BYTES
     #: solver processes (0: solve on threads of the server process)
     solver_processes: int = 2
     #: most distinct requests solving or queued at once (503 beyond)

@@ -239,14 +239,12 @@ def estimate_memory_bytes(request: Request, plan: Plan | None = None) -> int:
     tensors and the reference shards they are compared with, staging and relay buffers (taken
     as one more copy of what a rank receives)."""
     problem = build_problem(request)
-    per_rank = {d: RANK_BASE_BYTES for d in range(1 + max(problem.topology.host_of))}
+    total = RANK_BASE_BYTES * (1 + max(problem.topology.host_of))  # one process per rank
     for i, spec in enumerate(request.tensors):
         for side, copies in ((problem.src_boxes(i), 2), (problem.dst_boxes(i), 3)):
-            for device, boxes in side.items():
-                per_rank[device] += copies * sum(map(volume, boxes)) * spec.itemsize_bytes
-    for device in problem.dst_devices:
-        per_rank[device] += STAGING_BYTES
-    return sum(per_rank.values())
+            for boxes in side.values():
+                total += copies * sum(map(volume, boxes)) * spec.itemsize_bytes
+    return total + STAGING_BYTES * len(problem.dst_devices)
 
 
 def run_plan(

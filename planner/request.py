@@ -25,17 +25,26 @@ from planner.errors import RequestError
 from planner.mesh import Box, Placement, Strided
 
 MAX_TENSOR_BYTES = 1 << 50  # 1 PiB: anything larger is a unit mistake, not a tensor
+#: longest tensor dim (elements)
+MAX_DIM = 1 << 50
 MAX_GBPS = 1e7
 MAX_TIME_LIMIT_S = 3600.0
+#: largest device id: a rank of a `torch.distributed` world (int32)
+MAX_DEVICE_ID = (1 << 31) - 1
+#: most NIC rails per host (device j of a host uses rail j % nics_per_host)
+MAX_NICS_PER_HOST = 64
 #: most blocks one layout may list (over all its devices)
 MAX_BLOCKS = 1 << 16
 #: largest `_S(k,f)` split factor
-MAX_SPLIT_FACTOR = 1 << 16
+MAX_SPLIT_FACTOR = 1 << 10
 _SHARD = re.compile(r"^S\((\d+)\)$")
 _STRIDED = re.compile(r"^_S\((\d+),\s*(\d+)\)$")
 
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
+DimInt = Annotated[int, Field(strict=True, ge=0, le=MAX_DIM)]
+DeviceId = Annotated[int, Field(strict=True, ge=0, le=MAX_DEVICE_ID)]
+AxisInt = Annotated[int, Field(strict=True, ge=1, le=MAX_DEVICE_ID)]
 
 
 class _Model(BaseModel):
@@ -45,26 +54,28 @@ class _Model(BaseModel):
 class _Layout(_Model):
     mesh: str
     placements: list[str] | None = None
-    blocks: list[list[list[list[Annotated[int, Field(strict=True)]]]]] | None = None
+    blocks: list[list[list[list[Annotated[int, Field(strict=True, ge=0, le=MAX_DIM)]]]]] | None = (
+        None
+    )
 
 
 class _Tensor(_Model):
     name: str = Field(min_length=1)
-    shape: list[NonNegInt]
+    shape: list[DimInt]
     dtype: str
     src: _Layout
     dst: _Layout
 
 
 class _Mesh(_Model):
-    shape: list[PosInt] = Field(min_length=1)
-    devices: list[NonNegInt] = Field(min_length=1)
+    shape: list[AxisInt] = Field(min_length=1)
+    devices: list[DeviceId] = Field(min_length=1)
 
 
 class _Cluster(_Model):
-    hosts: list[list[NonNegInt]] = Field(min_length=1)
+    hosts: list[list[DeviceId]] = Field(min_length=1)
     nic_gbps: float = Field(gt=0, le=MAX_GBPS, allow_inf_nan=False)
-    nics_per_host: PosInt = 1
+    nics_per_host: Annotated[int, Field(strict=True, ge=1, le=MAX_NICS_PER_HOST)] = 1
     intra_gbps: float | None = Field(default=None, gt=0, le=MAX_GBPS, allow_inf_nan=False)
     latency_us: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
     duplex: Literal["full", "half"] = "full"
@@ -73,7 +84,7 @@ class _Cluster(_Model):
 class _Options(_Model):
     algorithm: str = "auto"
     time_limit_s: float = Field(default=2.0, gt=0, le=MAX_TIME_LIMIT_S, allow_inf_nan=False)
-    seed: Annotated[int, Field(strict=True)] = 0
+    seed: Annotated[int, Field(strict=True, ge=-(1 << 63), le=(1 << 63) - 1)] = 0
 
 
 class _Request(_Model):

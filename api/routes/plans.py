@@ -17,6 +17,7 @@ from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
 from planner.request import Request
 from planner.summary import summarize
+from planner.work import check_work
 from solver import resolve
 
 router = APIRouter(prefix="/v1", tags=["plans"])
@@ -86,6 +87,7 @@ def _within_limits(request: Request, settings: Settings) -> Request:
             f"{request.options.time_limit_s} s is over this service's limit of "
             f"{settings.max_time_limit_s} s",
         )
+    check_work(request, settings.max_tiles, settings.max_solve_bytes)
     return request
 
 

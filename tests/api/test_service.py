@@ -246,6 +246,21 @@ def test_tensor_and_device_caps(tmp_path: Path) -> None:
         assert response.json()["detail"]["field"] == "request.cluster.hosts"
 
 
+def test_work_over_the_limits_is_refused_before_planning(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, max_tiles=1, max_solve_bytes=1 << 30))
+    with TestClient(app) as client:
+        response = client.post("/v1/plans", json=CASE)
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert detail["field"] == "tensors" and "over the limit of 1" in detail["message"]
+        huge = copy.deepcopy(SMALL)
+        huge["cluster"]["nics_per_host"] = 2**63
+        response = client.post("/v1/plans", json=huge)
+        assert response.status_code == 422
+        assert response.json()["detail"]["field"] == "cluster.nics_per_host"
+        assert client.get("/healthz").json()["cached_plans"] == 0
+
+
 def test_default_limits_admit_a_per_expert_refit(tmp_path: Path, plancheck: Any) -> None:
     refit = moe_refit_at_scale(
         num_layers=8, hidden=256, q_dim=256, kv_dim=64, ffn=128, num_experts=64,

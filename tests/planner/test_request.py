@@ -136,6 +136,13 @@ INVALID = [
         "either placements or blocks",
     ),
     ("tensors.0.src", {"mesh": "a"}, "tensors[0].src", "placements (one per mesh axis) or blocks"),
+    # numbers bounded by what they can mean, before anything is allocated (fuzzing found
+    # 75-90 GiB port arrays for nics_per_host = 10^9 and 2^63)
+    ("cluster.nics_per_host", 10**9, "cluster.nics_per_host", "less than or equal to 64"),
+    ("cluster.nics_per_host", 2**63, "cluster.nics_per_host", "less than or equal to 64"),
+    ("meshes.a.devices", [0, 1, 2, 2**40], "meshes.a.devices[3]", "less than or equal to"),
+    ("tensors.0.shape", [2**60, 1], "tensors[0].shape[0]", "less than or equal to"),
+    ("options", {"seed": 2**64}, "options.seed", "less than or equal to"),
 ]
 
 
