@@ -35,8 +35,11 @@ MAX_DEVICE_ID = (1 << 31) - 1
 MAX_NICS_PER_HOST = 64
 #: most blocks one layout may list (over all its devices)
 MAX_BLOCKS = 1 << 16
-#: largest `_S(k,f)` split factor
+#: most cells the edges of one layout's blocks may cut a tensor into
+MAX_BLOCK_CELLS = 1 << 22
+#: largest `_S(k,f)` split factor, and most (device, strided piece) pairs in one layout
 MAX_SPLIT_FACTOR = 1 << 10
+MAX_LAYOUT_PIECES = 1 << 20
 _SHARD = re.compile(r"^S\((\d+)\)$")
 _STRIDED = re.compile(r"^_S\((\d+),\s*(\d+)\)$")
 
@@ -344,6 +347,18 @@ def _check_blocks(
             checked.append(_check_box(f"{where}.blocks[{j}][{k}]", box, shape))
         out.append(tuple(checked))
     blocks = tuple(out)
+    edges: list[set[int]] = [{0, n} for n in shape]
+    for boxes in blocks:
+        for box in boxes:
+            for d, interval in enumerate(box):
+                edges[d].update(interval)
+    cells = math.prod(len(e) - 1 for e in edges)
+    if cells > MAX_BLOCK_CELLS:
+        raise RequestError(
+            f"{where}.blocks",
+            f"the blocks' edges cut the tensor into {cells:,} cells, over the limit of "
+            f"{MAX_BLOCK_CELLS:,}",
+        )
     if must_cover and all(shape):
         held = [b for boxes in blocks for b in boxes]
         if not covers(tuple((0, n) for n in shape), held):
@@ -376,13 +391,20 @@ def _check_layout(where: str, layout: _Layout, ndim: int, meshes: dict[str, Mesh
             f"{len(layout.placements)} placements for mesh {layout.mesh!r} "
             f"with {len(mesh.shape)} axes",
         )
-    return Layout(
-        layout.mesh,
-        tuple(
-            parse_placement(f"{where}.placements[{a}]", p, ndim)
-            for a, p in enumerate(layout.placements)
-        ),
+    placements = tuple(
+        parse_placement(f"{where}.placements[{a}]", p, ndim)
+        for a, p in enumerate(layout.placements)
     )
+    # working out the intervals visits every device once per strided piece
+    pieces = math.prod(p.split_factor for p in placements if isinstance(p, Strided))
+    if len(mesh.devices) * pieces > MAX_LAYOUT_PIECES:
+        raise RequestError(
+            f"{where}.placements",
+            f"split factors {pieces} over {len(mesh.devices)} devices make "
+            f"{len(mesh.devices) * pieces:,} strided pieces, over the limit of "
+            f"{MAX_LAYOUT_PIECES:,}",
+        )
+    return Layout(layout.mesh, placements)
 
 
 def parse_placement(where: str, text: str, ndim: int) -> Placement:

@@ -7,12 +7,13 @@ planning (DESIGN §1: bad input gets an error naming the field, never a crash).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
 from planner.errors import RequestError
-from planner.mesh import Placement, Strided, placement_dim
-from planner.request import Layout, MeshSpec, Request, TensorSpec
+from planner.mesh import Interval, Placement, Strided, mesh_coords, placement_dim, shard_intervals
+from planner.request import MeshSpec, Request, TensorSpec
 
 #: what planning takes beyond the tiles and ports (interpreter, numpy, solver modules)
 BASE_BYTES = 64 << 20
@@ -21,6 +22,8 @@ BASE_BYTES = 64 << 20
 #: gather boundary of 32,768 ports and 131,072 transfers), with room to spare
 BYTES_PER_TILE = 16 << 10
 BYTES_PER_PORT = 8 << 10
+#: numpy temporaries per (cell, device) pair of a block layout's grid
+BYTES_PER_GRID_PAIR = 64
 #: default limits of `meshcast plan` and the service
 DEFAULT_MAX_TILES = 4_000_000
 DEFAULT_MAX_SOLVE_BYTES = 8 << 30
@@ -28,15 +31,22 @@ DEFAULT_MAX_SOLVE_BYTES = 8 << 30
 
 @dataclass(frozen=True)
 class Work:
-    """Upper bounds on a request's tiles and the number of its ports."""
+    """Upper bounds on a request's tiles, the number of its ports and the (grid cell, device)
+    pairs its block layouts make the tiler list."""
 
     tiles: int
     ports: int
+    grid_pairs: int = 0
 
     @property
     def solve_bytes(self) -> int:
         """About the most memory planning the request takes."""
-        return BASE_BYTES + self.tiles * BYTES_PER_TILE + self.ports * BYTES_PER_PORT
+        return (
+            BASE_BYTES
+            + self.tiles * BYTES_PER_TILE
+            + self.ports * BYTES_PER_PORT
+            + self.grid_pairs * BYTES_PER_GRID_PAIR
+        )
 
 
 def _intervals(length: int, mesh: MeshSpec, placements: tuple[Placement, ...], dim: int) -> int:
@@ -48,37 +58,67 @@ def _intervals(length: int, mesh: MeshSpec, placements: tuple[Placement, ...], d
     return min(count, max(1, length))
 
 
-def _cuts(t: TensorSpec, layout: Layout, mesh: MeshSpec, dim: int) -> int:
-    """At most how many pieces the layout's boundaries cut tensor dim `dim` into."""
-    if layout.blocks is not None:
-        edges = 2 * sum(len(boxes) for boxes in layout.blocks)
-        return min(edges + 1, max(1, t.shape[dim]))
-    return _intervals(t.shape[dim], mesh, layout.placements, dim)
-
-
-def tensor_tiles(request: Request, t: TensorSpec) -> int:
-    """An upper bound on the tiles of tensor `t`: per dim, the pieces both layouts' boundaries
-    cut it into, multiplied over the dims."""
+def tensor_tiles(request: Request, t: TensorSpec) -> tuple[int, int]:
+    """An upper bound on the tiles of tensor `t` (per dim, the pieces both layouts' boundaries
+    cut it into, multiplied over the dims) and, with blocks, the (grid cell, device) pairs the
+    tiler lists."""
+    if t.src.blocks is not None or t.dst.blocks is not None:
+        return _grid_work(request, t)
     src, dst = request.meshes[t.src.mesh], request.meshes[t.dst.mesh]
-    return math.prod(
-        min(max(1, n), _cuts(t, t.src, src, d) + _cuts(t, t.dst, dst, d) - 1)
+    tiles = math.prod(
+        min(
+            max(1, n),
+            _intervals(n, src, t.src.placements, d) + _intervals(n, dst, t.dst.placements, d) - 1,
+        )
         for d, n in enumerate(t.shape)
     )
+    return tiles, 0
+
+
+def _grid_work(request: Request, t: TensorSpec) -> tuple[int, int]:
+    """Cells of the grid cut by the edges of every box of both layouts, and the (cell,
+    device) pairs of those boxes (what `planner.tiles` lists)."""
+    regions: list[tuple[tuple[Interval, ...], ...]] = []  # per region, per dim its intervals
+    for layout in (t.src, t.dst):
+        if layout.blocks is not None:
+            regions += [tuple((iv,) for iv in box) for held in layout.blocks for box in held]
+            continue
+        mesh = request.meshes[layout.mesh]
+        regions += [
+            shard_intervals(t.shape, mesh.shape, layout.placements, coord)
+            for coord in mesh_coords(mesh.shape).tolist()
+        ]
+    edges: list[set[int]] = [{0, n} for n in t.shape]
+    for region in regions:
+        for d, intervals in enumerate(region):
+            for lo, hi in intervals:
+                edges[d].update((lo, hi))
+    cuts = [sorted(e) for e in edges]
+    cells = math.prod(len(c) - 1 for c in cuts)
+    pairs = sum(
+        math.prod(
+            sum(bisect.bisect_left(c, hi) - bisect.bisect_left(c, lo) for lo, hi in intervals)
+            for c, intervals in zip(cuts, region, strict=True)
+        )
+        for region in regions
+    )
+    return cells, pairs
 
 
 def estimate_work(request: Request) -> Work:
     """Upper bounds on the tiles of `request`, and its port count (DESIGN §3)."""
-    per_layout: dict[tuple[object, ...], int] = {}
-    tiles = 0
+    per_layout: dict[tuple[object, ...], tuple[int, int]] = {}
+    tiles = pairs = 0
     for t in request.tensors:
         key = (t.shape, t.src, t.dst)
-        if key not in per_layout:
+        if key not in per_layout:  # identical layouts are tiled once
             per_layout[key] = tensor_tiles(request, t)
-        tiles += per_layout[key]
+            pairs += per_layout[key][1]
+        tiles += per_layout[key][0]
     cluster = request.cluster
     devices = sum(len(h) for h in cluster.hosts)
     ports = 2 * len(cluster.hosts) * cluster.nics_per_host + 2 * devices
-    return Work(tiles, ports)
+    return Work(tiles, ports, pairs)
 
 
 def check_work(

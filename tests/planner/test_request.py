@@ -143,6 +143,12 @@ INVALID = [
     ("meshes.a.devices", [0, 1, 2, 2**40], "meshes.a.devices[3]", "less than or equal to"),
     ("tensors.0.shape", [2**60, 1], "tensors[0].shape[0]", "less than or equal to"),
     ("options", {"seed": 2**64}, "options.seed", "less than or equal to"),
+    (
+        "tensors.0.src.placements",
+        ["_S(0,1024)", "_S(1,1024)"],
+        "tensors[0].src.placements",
+        "over the limit of 1,048,576",
+    ),
 ]
 
 
@@ -188,6 +194,19 @@ def test_request_id_is_canonical() -> None:
     ids = {parse_request(r).request_id for r in (BASE, shuffled, explicit)}
     assert len(ids) == 1
     assert parse_request(with_change("cluster.nic_gbps", 20)).request_id not in ids
+
+
+def test_blocks_too_finely_cut_are_refused_before_any_grid_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = [[[i, i + 1], [0, 32]] for i in range(64)]
+    cols = [[[0, 64], [j, j + 1]] for j in range(32)]
+    request = with_change("tensors.0.src", {"mesh": "a", "blocks": [rows, cols, [], []]})
+    parse_request(request)  # 2,048 cells
+    monkeypatch.setattr("planner.request.MAX_BLOCK_CELLS", 2047)
+    with pytest.raises(RequestError, match="2,048 cells, over the limit of 2,047") as info:
+        parse_request(request)
+    assert info.value.field == "tensors[0].src.blocks"
 
 
 def test_strided_and_block_layouts_round_trip() -> None:
