@@ -7,8 +7,8 @@ device's coordinate `i` on it and `n = mesh_shape[m]`:
   - `_S(k,f)` (DTensor's `_StridedShard(k, split_factor=f)`): the concatenation cut in `f`
     pieces by `torch.chunk`, each piece cut in `n`, and chunk `i` of every piece, in order.
 The device's local tensor is the concatenation of its intervals along each dim (DTensor's local
-tensor); its global boxes are the products of its intervals over the dims. Plain `S(k)` keeps one
-interval per dim, so one box.
+tensor); its global boxes are the products of its intervals over the dims
+(`planner.holdings`). Plain `S(k)` keeps one interval per dim, so one box.
 """
 
 from __future__ import annotations
@@ -100,18 +100,6 @@ def shard_intervals(
     return tuple(
         dim_intervals(n, mesh_shape, placements, dim, coord) for dim, n in enumerate(shape)
     )
-
-
-def shard_boxes(
-    shape: Sequence[int],
-    mesh_shape: Sequence[int],
-    placements: Sequence[Placement],
-    coord: Sequence[int],
-) -> tuple[Box, ...]:
-    """Global index boxes `[lo, hi)` per tensor dim held by the device at `coord`, in the
-    row-major order of its local tensor; none when its shard is empty."""
-    per_dim = shard_intervals(shape, mesh_shape, placements, coord)
-    return tuple(itertools.product(*per_dim))
 
 
 def axes_sharding(placements: Sequence[Placement], dim: int) -> tuple[int, ...]:

@@ -340,17 +340,14 @@ def _check_blocks(
         )
     if sum(len(b) for b in layout.blocks) > MAX_BLOCKS:
         raise RequestError(f"{where}.blocks", f"more than {MAX_BLOCKS} blocks")
-    out = []
-    for j, boxes in enumerate(layout.blocks):
-        checked = []
-        for k, box in enumerate(boxes):
-            checked.append(_check_box(f"{where}.blocks[{j}][{k}]", box, shape))
-        out.append(tuple(checked))
-    blocks = tuple(out)
+    blocks = tuple(
+        tuple(_check_box(f"{where}.blocks[{j}][{k}]", box, shape) for k, box in enumerate(raw))
+        for j, raw in enumerate(layout.blocks)
+    )
     edges: list[set[int]] = [{0, n} for n in shape]
-    for boxes in blocks:
-        for box in boxes:
-            for d, interval in enumerate(box):
+    for held in blocks:
+        for checked in held:
+            for d, interval in enumerate(checked):
                 edges[d].update(interval)
     cells = math.prod(len(e) - 1 for e in edges)
     if cells > MAX_BLOCK_CELLS:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.holdings import holdings
-from planner.mesh import Placement, Strided, dim_chunks, shard_boxes, shard_intervals
+from planner.mesh import Box, Placement, Strided, dim_chunks, shard_intervals
 from planner.request import Layout, MeshSpec
 
 torch = pytest.importorskip("torch")
@@ -37,6 +37,13 @@ def layouts(draw: st.DrawFn, strided: bool = False) -> Layouts:
         st.lists(st.one_of(*options), min_size=len(mesh_shape), max_size=len(mesh_shape))
     )
     return shape, mesh_shape, placements
+
+
+def shard_boxes(
+    shape: list[int], mesh_shape: list[int], placements: list[Placement], coord: tuple[int, ...]
+) -> list[Box]:
+    """The device's boxes: products of its intervals over the dims, in local order."""
+    return list(itertools.product(*shard_intervals(shape, mesh_shape, placements, coord)))
 
 
 def torch_placement(p: Placement) -> object:
@@ -129,5 +136,5 @@ def test_fsdp2_over_tp_rows_are_not_contiguous() -> None:
         for coord in itertools.product(range(2), range(2))
     }
     assert rows == {(0, 0): [(0, 2)], (0, 1): [(4, 6)], (1, 0): [(2, 4)], (1, 1): [(6, 8)]}
-    one_d = [box[0] for box in shard_boxes([8], [2], [Strided(0, 2)], [0])]
+    one_d = [box[0] for box in shard_boxes([8], [2], [Strided(0, 2)], (0,))]
     assert one_d == [(0, 2), (4, 6)]  # a 1-D strided shard: two intervals
