@@ -357,8 +357,8 @@ def _check_blocks(
             f"{MAX_BLOCK_CELLS:,}",
         )
     if must_cover and all(shape):
-        held = [b for boxes in blocks for b in boxes]
-        if not covers(tuple((0, n) for n in shape), held):
+        every = [b for boxes in blocks for b in boxes]
+        if not covers(tuple((0, n) for n in shape), every):
             raise RequestError(
                 f"{where}.blocks", f"source blocks do not cover the tensor of shape {list(shape)}"
             )
