@@ -85,7 +85,7 @@ class MeshcastClient:
         return data
 
     def plan(self, request: dict[str, Any]) -> Plan:
-        return Plan.from_json(self._call("POST", "/v1/plans", request)["plan"])
+        return Plan.from_json(self._call("POST", "/v1/plans", request))
 
     def plan_request(self, request: Request) -> Plan:
         """A plan from the service, or planned in this process when the service is down."""
@@ -95,7 +95,7 @@ class MeshcastClient:
             return plan_request(request)
 
     def cached(self, request_id: str) -> Plan:
-        return Plan.from_json(self._call("GET", f"/v1/plans/{request_id}")["plan"])
+        return Plan.from_json(self._call("GET", f"/v1/plans/{request_id}"))
 
     def compare(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("POST", "/v1/compare", request)["algorithms"]

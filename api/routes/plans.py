@@ -91,22 +91,28 @@ def _within_limits(request: Request, settings: Settings) -> Request:
     return request
 
 
+def _plan_response(plan: dict[str, Any], request_id: str, hit: bool) -> JSONResponse:
+    """The plan itself (request in, plan out); hit or miss and the request id in headers."""
+    return JSONResponse(
+        plan, headers={"X-Cache": "hit" if hit else "miss", "X-Request-Id": request_id}
+    )
+
+
 @router.post("/plans")
 async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> JSONResponse:
-    """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request.
-    Header `X-Cache: hit` when nothing was solved for this call."""
+    """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request:
+    the answer is the `meshcast.plan/v1` itself. Header `X-Cache: hit` when nothing was solved
+    for this call, `X-Request-Id` the canonical request's sha256."""
     request = await accepted_off_loop(body, settings)
     try:
         plan, hit = await planner.plan(request)
     except (Overloaded, SolverCrashed) as err:
         raise unavailable(str(err)) from None
-    return JSONResponse(
-        {"cached": hit, "plan": plan}, headers={"X-Cache": "hit" if hit else "miss"}
-    )
+    return _plan_response(plan, request.request_id, hit)
 
 
 @router.get("/plans/{request_id}")
-async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
+async def get_plan(request_id: str, cache: CacheDep) -> JSONResponse:
     """A cached plan by the sha256 of its canonical request."""
     if not _REQUEST_ID.fullmatch(request_id):
         raise unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
@@ -116,7 +122,7 @@ async def get_plan(request_id: str, cache: CacheDep) -> dict[str, Any]:
             status_code=404,
             detail={"field": "request_id", "message": f"no plan for {request_id!r}"},
         )
-    return {"cached": True, "plan": plan}
+    return _plan_response(plan, request_id, True)
 
 
 @router.post("/compare")

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.cli import main as cli_main
 from api.settings import Settings, SettingsError
+from planner import parse_request
 from planner.summary import SUMMARY_KEYS
 from planner.synthetic_scale import moe_refit_at_scale
 from tests.conftest import load_case
@@ -43,13 +44,14 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def test_plan_is_solved_once_then_a_hit(client: TestClient) -> None:
     first = client.post("/v1/plans", json=CASE)
     assert first.status_code == 200 and first.headers["x-cache"] == "miss"
-    body = first.json()
-    assert body["cached"] is False and body["plan"]["format"] == "meshcast.plan/v1"
+    plan = first.json()  # request in, plan out
+    assert plan["format"] == "meshcast.plan/v1" and plan["transfers"]
+    assert first.headers["x-request-id"] == plan["request_id"] == parse_request(CASE).request_id
     again = client.post("/v1/plans", json=json.loads(json.dumps(CASE, sort_keys=True)))
-    assert again.headers["x-cache"] == "hit"
-    assert again.json() == {"cached": True, "plan": body["plan"]}
-    by_id = client.get(f"/v1/plans/{body['plan']['request_id']}")
-    assert by_id.status_code == 200 and by_id.json()["plan"] == body["plan"]
+    assert again.headers["x-cache"] == "hit" and again.json() == plan
+    by_id = client.get(f"/v1/plans/{plan['request_id']}")
+    assert by_id.status_code == 200 and by_id.json() == plan
+    assert by_id.headers["x-cache"] == "hit" and by_id.headers["x-request-id"] == plan["request_id"]
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["cached_plans"] == 1 and health["solving"] == 0
 
@@ -83,14 +85,14 @@ def test_json_sent_without_its_content_type_is_accepted(client: TestClient) -> N
         raw = client.post(
             "/v1/plans", content=json.dumps(SMALL).encode(), headers={"content-type": content_type}
         )
-        assert raw.status_code == 200 and raw.json()["plan"] == as_json.json()["plan"]
+        assert raw.status_code == 200 and raw.json() == as_json.json()
     body = {"stages": 2, "microbatches": 4, "forward_ms": 1, "backward_ms": 2, "comm_ms": 1}
     schedule = client.post("/v1/schedules", content=json.dumps(body).encode())
     assert schedule.status_code == 200, schedule.text
 
 
 def test_check_route(client: TestClient) -> None:
-    plan = client.post("/v1/plans", json=CASE).json()["plan"]
+    plan = client.post("/v1/plans", json=CASE).json()
     verdict = client.post("/v1/check", json={"request": CASE, "plan": plan}).json()
     assert verdict["valid"] and verdict["makespan_s"] == pytest.approx(plan["makespan_s"])
     plan["transfers"] = plan["transfers"][:1]
@@ -100,7 +102,7 @@ def test_check_route(client: TestClient) -> None:
 def test_check_route_and_cli_check_give_the_same_summary(
     client: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = client.post("/v1/plans", json=CASE).json()["plan"]
+    plan = client.post("/v1/plans", json=CASE).json()
     plan["transfers"] = plan["transfers"][1:]  # an invalid plan: errors are summarised alike
     served = client.post("/v1/check", json={"request": CASE, "plan": plan}).json()
     (tmp_path / "request.json").write_text(json.dumps(CASE))
@@ -272,17 +274,17 @@ def test_default_limits_admit_a_per_expert_refit(tmp_path: Path, plancheck: Any)
     with TestClient(app) as client:
         response = client.post("/v1/plans", json=refit)
         assert response.status_code == 200, response.text
-        verdict = plancheck.check(refit, response.json()["plan"])
+        verdict = plancheck.check(refit, response.json())
         assert verdict["valid"], verdict["errors"]
 
 
 def test_cache_survives_restart(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with TestClient(create_app(settings)) as first:
-        plan = first.post("/v1/plans", json=CASE).json()["plan"]
+        plan = first.post("/v1/plans", json=CASE).json()
     with TestClient(create_app(settings)) as second:
         response = second.post("/v1/plans", json=CASE)
-        assert response.headers["x-cache"] == "hit" and response.json()["plan"] == plan
+        assert response.headers["x-cache"] == "hit" and response.json() == plan
 
 
 def test_a_corrupt_cache_file_is_set_aside_and_the_service_starts(tmp_path: Path) -> None:
@@ -333,7 +335,7 @@ def test_schedules_priced_by_boundary_plans(client: TestClient) -> None:
     data = answer.json()
     assert set(data["results"]) == {"gpipe", "1f1b", "eager-1f1b"}
     activation = data["boundaries"][0]["activation_s"]
-    plan = client.get(f"/v1/plans/{data['boundaries'][0]['activation_request_id']}").json()["plan"]
+    plan = client.get(f"/v1/plans/{data['boundaries'][0]['activation_request_id']}").json()
     assert activation == plan["makespan_s"]  # the boundary's plan, now cached
     assert data["results"]["eager-1f1b"]["peak_inflight"] == [3, 1]
     given = client.post(
