@@ -30,6 +30,8 @@ def _open(url: str) -> PlanCache:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.settings import Settings, SettingsError
+
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: expected 1-65535, got {args.port}")
     if args.workers < 1 or args.solver_processes < 0:
@@ -37,6 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _open(args.cache).close()  # a bad URL or unreachable Redis fails here, in one line
     os.environ["MESHCAST_CACHE"] = args.cache
     os.environ["MESHCAST_SOLVER_PROCESSES"] = str(args.solver_processes)
+    try:  # every worker reads them again; a bad one stops the start here, in one line
+        Settings.from_env()
+    except SettingsError as err:
+        raise UsageError(str(err)) from None
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # every worker writes its samples here; /metrics adds them up
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="meshcast-metrics-")

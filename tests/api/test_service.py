@@ -315,9 +315,25 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env()
     assert settings.cache_url == "redis://cache:6379/0"
     assert settings.solver_processes == 4 and settings.warm_up is False
-    monkeypatch.setenv("MESHCAST_MAX_BODY_BYTES", "lots")
-    with pytest.raises(SettingsError, match="MESHCAST_MAX_BODY_BYTES: expected a int, got 'lots'"):
+    monkeypatch.setenv("MESHCAST_WARM_UP", "ture")  # misspelt: an error, not a silent False
+    with pytest.raises(SettingsError, match=r"^MESHCAST_WARM_UP: .*valid boolean.*'ture'"):
         Settings.from_env()
+    monkeypatch.setenv("MESHCAST_WARM_UP", "off")
+    monkeypatch.setenv("MESHCAST_MAX_BODY_BYTES", "64MiB")
+    with pytest.raises(SettingsError, match=r"^MESHCAST_MAX_BODY_BYTES: .*integer.*'64MiB'"):
+        Settings.from_env()
+    monkeypatch.setenv("MESHCAST_MAX_BODY_BYTES", "-1")
+    with pytest.raises(SettingsError, match=r"^MESHCAST_MAX_BODY_BYTES: .*greater than or equal"):
+        Settings.from_env()
+
+
+def test_serve_refuses_a_bad_setting_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MESHCAST_MAX_TENSORS", "many")
+    code = cli_main(["serve", "--cache", str(tmp_path / "c.sqlite3"), "--port", "8799"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith("meshcast: error: MESHCAST_MAX_TENSORS:")
 
 
 def test_schedules_priced_by_boundary_plans(client: TestClient) -> None:
