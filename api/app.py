@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from api.cache import open_cache
@@ -20,6 +22,7 @@ from api.metrics import Metrics
 from api.middleware import BodyLimit, Instrumentation
 from api.planning import Planner
 from api.routes import health, plans, schedules
+from api.schemas import add_body_models
 from api.settings import Settings
 
 log = logging.getLogger("meshcast.service")
@@ -70,6 +73,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(plans.router)
     app.include_router(schedules.router)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the request and check bodies the routes parse themselves."""
+        if app.openapi_schema is None:
+            app.openapi_schema = add_body_models(
+                get_openapi(
+                    title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Instrumentation, metrics=metrics)
     return app

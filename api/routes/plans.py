@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import CacheDep, PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
+from api.schemas import CheckBody, ErrorBody, PlanBody, RequestBody, request_body
 from api.settings import Settings
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
@@ -98,7 +99,17 @@ def _plan_response(plan: dict[str, Any], request_id: str, hit: bool) -> JSONResp
     )
 
 
-@router.post("/plans")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "the request names the field and what is wrong"},
+    503: {"model": ErrorBody, "description": "overloaded or a solver process died: retry"},
+}
+
+
+@router.post(
+    "/plans",
+    openapi_extra=request_body(RequestBody),
+    responses={200: {"model": PlanBody, "description": "the plan"}, **ERRORS},
+)
 async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> JSONResponse:
     """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request:
     the answer is the `meshcast.plan/v1` itself. Header `X-Cache: hit` when nothing was solved
@@ -111,7 +122,14 @@ async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody
     return _plan_response(plan, request.request_id, hit)
 
 
-@router.get("/plans/{request_id}")
+@router.get(
+    "/plans/{request_id}",
+    responses={
+        200: {"model": PlanBody, "description": "the cached plan"},
+        404: {"model": ErrorBody, "description": "no plan for that id"},
+        422: {"model": ErrorBody, "description": "not a request id"},
+    },
+)
 async def get_plan(request_id: str, cache: CacheDep) -> JSONResponse:
     """A cached plan by the sha256 of its canonical request."""
     if not _REQUEST_ID.fullmatch(request_id):
@@ -125,7 +143,7 @@ async def get_plan(request_id: str, cache: CacheDep) -> JSONResponse:
     return _plan_response(plan, request_id, True)
 
 
-@router.post("/compare")
+@router.post("/compare", openapi_extra=request_body(RequestBody), responses=ERRORS)
 async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Every algorithm on one request, side by side (not cached)."""
     request = await accepted_off_loop(body, settings)
@@ -136,7 +154,7 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) ->
     return {"request_id": request.request_id, "algorithms": rows}
 
 
-@router.post("/check")
+@router.post("/check", openapi_extra=request_body(CheckBody), responses=ERRORS)
 async def check(settings: SettingsDep, body: JsonBody) -> dict[str, Any]:
     """Validate `{"request": ..., "plan": ...}` and recompute the plan's port-v1 times."""
     body = json_value(body)
