@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/solver_scaling.py
 	$(BIN)/python benchmarks/executor_run.py
 	$(BIN)/python benchmarks/service_load.py
+	$(BIN)/python benchmarks/plan_viewer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

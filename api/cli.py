@@ -92,6 +92,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         write_trace(problem, plan, Path(args.trace))
         print(f"trace written to {args.trace} (open in ui.perfetto.dev or chrome://tracing)")
+    if args.html:
+        from api.viewer import plan_page
+
+        Path(args.html).write_text(plan_page(problem, plan))
+        print(f"plan page written to {args.html} (open it in a browser)")
     if args.gantt:
         from api.render import write_gantt
 
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--output", "-o", help="write the plan JSON here")
     plan.add_argument("--gantt", help="write a per-port Gantt chart (PNG) here")
+    plan.add_argument("--html", help="write the plan as a self-contained HTML page here")
     plan.add_argument("--trace", help="write a Chrome/Perfetto trace (JSON) here")
     plan.set_defaults(func=cmd_plan)
 

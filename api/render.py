@@ -11,7 +11,7 @@ from planner.plan import Plan
 from planner.problem import Problem
 
 
-def _port_rows(problem: Problem, plan: Plan) -> dict[str, list[tuple[int, float, float]]]:
+def port_rows(problem: Problem, plan: Plan) -> dict[str, list[tuple[int, float, float]]]:
     """Per port name: (transfer id, start, end) of every transfer holding it."""
     topo = problem.topology
     rows: dict[int, list[tuple[int, float, float]]] = {}
@@ -26,7 +26,7 @@ def _port_rows(problem: Problem, plan: Plan) -> dict[str, list[tuple[int, float,
 def chrome_trace(problem: Problem, plan: Plan) -> dict[str, Any]:
     """Trace Event Format: one thread per port, one complete event per transfer on it."""
     events: list[dict[str, Any]] = []
-    for tid, (name, spans) in enumerate(_port_rows(problem, plan).items()):
+    for tid, (name, spans) in enumerate(port_rows(problem, plan).items()):
         events.append(
             {"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": name}}
         )
@@ -57,7 +57,7 @@ def write_gantt(problem: Problem, plan: Plan, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _port_rows(problem, plan)
+    rows = port_rows(problem, plan)
     height = max(2.5, 0.22 * len(rows) + 1.2)
     fig, ax = plt.subplots(figsize=(11, min(height, 60)))
     cmap = plt.get_cmap("tab20")

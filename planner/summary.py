@@ -27,11 +27,16 @@ SUMMARY_KEYS = (
 )
 
 
-def summarize(problem: Problem, plan: Plan, check: bool = True) -> dict[str, Any]:
+def summarize(
+    problem: Problem, plan: Plan, check: bool = True, simulation: Simulation | None = None
+) -> dict[str, Any]:
     """Validity, port-v1 times recomputed from the request, bytes on the wire, the busiest
     port and how long it is held. With `check=False`, a plan that `solver.make_plan` just
-    made (and simulated) is summarised from what it carries, without simulating again."""
-    if check or plan.wire_bytes is None or not plan.port_busy_s:
+    made (and simulated) is summarised from what it carries, without simulating again; a
+    `simulation` of the plan already made (`check_plan`) is used as it is."""
+    if simulation is not None:
+        sim = simulation
+    elif check or plan.wire_bytes is None or not plan.port_busy_s:
         sim = check_plan(problem, plan)
     else:
         sim = Simulation([], plan.makespan_s, plan.wire_bytes, [], list(plan.port_busy_s))

@@ -32,6 +32,9 @@ class PlanCache(Protocol):
     def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
         """Store (or replace) the plan of `request_id`."""
 
+    def entry(self, request_id: str) -> CachedPlan | None:
+        """A plan with the request it was made for, by request id."""
+
     def entries(self) -> Iterator[CachedPlan]:
         """Every cached plan, for export."""
 

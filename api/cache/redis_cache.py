@@ -41,6 +41,12 @@ class RedisCache:
             pipe.sadd(f"{_PREFIX}plans", request_id)
             pipe.execute()
 
+    def entry(self, request_id: str) -> CachedPlan | None:
+        plan, request = self._redis.hmget(f"{_PREFIX}plan:{request_id}", ["plan", "request"])
+        if plan is None:
+            return None
+        return CachedPlan(request_id, json.loads(plan), json.loads(request or "null"))
+
     def entries(self) -> Iterator[CachedPlan]:
         for raw_id in sorted(self._redis.sscan_iter(f"{_PREFIX}plans")):
             request_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)

@@ -96,6 +96,15 @@ class SqliteCache:
                 (request_id, plan.get("algorithm", ""), time.time(), json.dumps(plan), text),
             )
 
+    def entry(self, request_id: str) -> CachedPlan | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT plan, request FROM plans WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return CachedPlan(request_id, json.loads(row[0]), json.loads(row[1]) if row[1] else None)
+
     def entries(self) -> Iterator[CachedPlan]:
         with self._lock:
             rows = self._db.execute(

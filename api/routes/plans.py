@@ -8,12 +8,13 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from api.deps import CacheDep, PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
 from api.schemas import CheckBody, ErrorBody, PlanBody, RequestBody, request_body
 from api.settings import Settings
+from api.viewer import index_page, plan_page
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
 from planner.request import Request
@@ -25,6 +26,8 @@ router = APIRouter(prefix="/v1", tags=["plans"])
 #: any JSON: requests are validated by `planner.parse_request`, whose messages name the field
 JsonBody = Annotated[Any, Body()]
 _REQUEST_ID = re.compile(r"[0-9a-f]{64}")
+#: most plans the listing page shows (the newest)
+VIEW_LIST_MAX = 500
 
 
 def unprocessable(field: str, message: str) -> HTTPException:
@@ -120,6 +123,39 @@ async def create_plan(settings: SettingsDep, planner: PlannerDep, body: JsonBody
     except (Overloaded, SolverCrashed) as err:
         raise unavailable(str(err)) from None
     return _plan_response(plan, request.request_id, hit)
+
+
+@router.get("/plans/view", response_class=HTMLResponse)
+async def plans_page(cache: CacheDep) -> HTMLResponse:
+    """A page listing the cached plans (newest last), each linking to its view."""
+    entries = await asyncio.to_thread(lambda: [(e.request_id, e.plan) for e in cache.entries()])
+    return HTMLResponse(index_page(entries[-VIEW_LIST_MAX:]))
+
+
+@router.get(
+    "/plans/{request_id}/view",
+    response_class=HTMLResponse,
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def plan_view(request_id: str, cache: CacheDep) -> HTMLResponse:
+    """A cached plan as one self-contained HTML page (`api.viewer`)."""
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
+    entry = await asyncio.to_thread(cache.entry, request_id)
+    if entry is None or entry.request is None:
+        raise HTTPException(
+            status_code=404,
+            detail={
+                "field": "request_id",
+                "message": f"no plan with its request for {request_id!r}",
+            },
+        )
+
+    def render() -> str:
+        problem = build_problem(parse_request(entry.request))
+        return plan_page(problem, Plan.from_json(entry.plan))
+
+    return HTMLResponse(await asyncio.to_thread(render))
 
 
 @router.get(
