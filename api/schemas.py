@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.request import MAX_DEVICE_ID, MAX_DIM, MAX_GBPS, MAX_NICS_PER_HOST
+from planner.request import MAX_DEVICE_ID, MAX_DIM, MAX_GBPS, MAX_NICS_PER_HOST, MIN_GBPS
 from planner.request import MAX_TIME_LIMIT_S as MAX_LIMIT_S
 
 Interval = list[int]
@@ -64,12 +64,12 @@ class ClusterBody(_Doc):
     """Hosts and links (port-v1, DESIGN §3)."""
 
     hosts: list[list[int]] = Field(min_length=1, description="device ids per host")
-    nic_gbps: float = Field(gt=0, le=MAX_GBPS, description="per NIC rail, Gbit/s")
+    nic_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS, description="per NIC rail, Gbit/s")
     nics_per_host: int = Field(
         1, ge=1, le=MAX_NICS_PER_HOST, description="device j of a host uses rail j % nics"
     )
     intra_gbps: float | None = Field(
-        None, gt=0, le=MAX_GBPS, description="per device NVLink/PCIe, Gbit/s (10 x NIC)"
+        None, ge=MIN_GBPS, le=MAX_GBPS, description="per device NVLink/PCIe, Gbit/s (10 x NIC)"
     )
     latency_us: float = Field(0.0, ge=0, le=1e6, description="per transfer and hop")
     duplex: Literal["full", "half"] = "full"
@@ -83,8 +83,31 @@ class OptionsBody(_Doc):
     seed: int = 0
 
 
+#: a small complete request (DESIGN §1's example, scaled down), shown by `/docs` and sent by
+#: schema-driven clients and fuzzers as a first valid case
+REQUEST_EXAMPLE: dict[str, Any] = {
+    "tensors": [
+        {
+            "name": "x",
+            "shape": [1024, 1024],
+            "dtype": "float32",
+            "src": {"mesh": "stage0", "placements": ["S(0)", "R"]},
+            "dst": {"mesh": "stage1", "placements": ["R", "S(1)"]},
+        }
+    ],
+    "meshes": {
+        "stage0": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
+        "stage1": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
+    },
+    "cluster": {"hosts": [[0, 1, 2, 3], [4, 5, 6, 7]], "nic_gbps": 100, "nics_per_host": 2},
+    "options": {"algorithm": "greedy", "time_limit_s": 0.5},
+}
+
+
 class RequestBody(_Doc):
     """`meshcast.request/v1`: tensors, meshes and the cluster."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [REQUEST_EXAMPLE]})
 
     tensors: list[TensorBody] = Field(min_length=1)
     meshes: dict[str, MeshBody] = Field(min_length=1)

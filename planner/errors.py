@@ -11,6 +11,10 @@ class RequestError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[str, str]]:
+        """Picklable as itself (solver processes send it back to the service)."""
+        return type(self), (self.field, self.message)
+
 
 class PlanFormatError(ValueError):
     """A plan document that is not a well-formed `meshcast.plan/v1`."""
@@ -19,3 +23,6 @@ class PlanFormatError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    def __reduce__(self) -> tuple[type[PlanFormatError], tuple[str, str]]:
+        return type(self), (self.field, self.message)

@@ -28,6 +28,8 @@ MAX_TENSOR_BYTES = 1 << 50  # 1 PiB: anything larger is a unit mistake, not a te
 #: longest tensor dim (elements)
 MAX_DIM = 1 << 50
 MAX_GBPS = 1e7
+#: slowest link: 1 Mbit/s (slower is a unit mistake, and makes every time overflow)
+MIN_GBPS = 1e-3
 MAX_TIME_LIMIT_S = 3600.0
 #: largest device id: a rank of a `torch.distributed` world (int32)
 MAX_DEVICE_ID = (1 << 31) - 1
@@ -77,9 +79,9 @@ class _Mesh(_Model):
 
 class _Cluster(_Model):
     hosts: list[list[DeviceId]] = Field(min_length=1)
-    nic_gbps: float = Field(gt=0, le=MAX_GBPS, allow_inf_nan=False)
+    nic_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS, allow_inf_nan=False)
     nics_per_host: Annotated[int, Field(strict=True, ge=1, le=MAX_NICS_PER_HOST)] = 1
-    intra_gbps: float | None = Field(default=None, gt=0, le=MAX_GBPS, allow_inf_nan=False)
+    intra_gbps: float | None = Field(default=None, ge=MIN_GBPS, le=MAX_GBPS, allow_inf_nan=False)
     latency_us: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
     duplex: Literal["full", "half"] = "full"
 
@@ -445,7 +447,8 @@ def _check_cluster(c: _Cluster, meshes: dict[str, MeshSpec]) -> ClusterSpec:
         for j, d in enumerate(mesh.devices):
             if d not in host_of:
                 raise RequestError(f"meshes.{name}.devices[{j}]", f"device {d} is on no host")
-    intra = c.intra_gbps if c.intra_gbps is not None else c.nic_gbps * 10
+    # the default NVLink speed, capped so that the canonical request parses again
+    intra = c.intra_gbps if c.intra_gbps is not None else min(c.nic_gbps * 10, MAX_GBPS)
     return ClusterSpec(
         tuple(tuple(h) for h in c.hosts),
         float(c.nic_gbps),

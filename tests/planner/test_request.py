@@ -92,7 +92,7 @@ INVALID = [
     # empty host
     ("cluster.hosts", [[0, 1, 2, 3], [4, 5, 6, 7], []], "cluster.hosts[2]", "no devices"),
     # zero bandwidth
-    ("cluster.nic_gbps", 0, "cluster.nic_gbps", "greater than 0"),
+    ("cluster.nic_gbps", 0, "cluster.nic_gbps", "greater than or equal to 0.001"),
     # negative latency
     ("cluster.latency_us", -5, "cluster.latency_us", "-5"),
     # unknown duplex mode
@@ -218,3 +218,18 @@ def test_strided_and_block_layouts_round_trip() -> None:
     assert again == parsed and again.request_id == parsed.request_id
     assert parsed.to_json()["tensors"][0]["src"]["placements"] == ["_S(0,2)", "S(0)"]
     assert parsed.to_json()["tensors"][0]["dst"]["blocks"] == blocks
+
+
+def test_the_canonical_request_parses_again_at_the_limits() -> None:
+    """The service's solver processes parse the canonical form: it must stay valid."""
+    request = with_change("cluster.nic_gbps", 9_999_999.0)
+    canonical = parse_request(request).to_json()
+    assert parse_request(canonical).request_id == parse_request(request).request_id
+
+
+def test_request_errors_survive_pickling() -> None:
+    import pickle
+
+    err = RequestError("cluster.nic_gbps", "too fast")
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.field, again.message, str(again)) == (err.field, err.message, str(err))
