@@ -150,7 +150,7 @@ BAD_REQUESTS = [
     # a device on two hosts
     (_set("cluster.hosts", [list(range(20)), [0]]), "cluster.hosts[1][0]", "already on host"),
     # zero bandwidth
-    (_set("cluster.nic_gbps", 0), "cluster.nic_gbps", "greater than 0"),
+    (_set("cluster.nic_gbps", 0), "cluster.nic_gbps", "greater than or equal to 0.001"),
     # bandwidth as text
     (_set("cluster.nic_gbps", "fast"), "cluster.nic_gbps", "valid number"),
     # unknown algorithm
