@@ -4,6 +4,8 @@ an error at start naming the variable, never a silent default."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -46,6 +48,9 @@ class Settings(BaseSettings):
     #: start the solver processes with the service instead of on the first request
     warm_up: bool = True
 
+    #: whether the `MESHCAST_*` environment is read (only by `from_env`)
+    _reads_environment: ClassVar[bool] = False
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -56,7 +61,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Settings given directly are all there is; `from_env` reads the environment."""
-        return (init_settings,)
+        return (init_settings, env_settings) if cls._reads_environment else (init_settings,)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,16 +80,7 @@ class Settings(BaseSettings):
 class _FromEnvironment(Settings):
     """`Settings` read by pydantic-settings from the `MESHCAST_*` environment variables."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+    _reads_environment: ClassVar[bool] = True
 
 
 def _variable(field: str) -> str:

@@ -8,7 +8,7 @@ ranks waiting for data that never comes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,22 +88,19 @@ def _tensor_problem(
     return None
 
 
-def _each(where: str, value: Any, want: Expected) -> Iterator[tuple[str, Any, tuple[int, ...]]]:
-    """`(where, tensor, shape)` for every tensor `value` must be; a list for block layouts."""
+def _tensors(
+    where: str, value: Any, want: Expected
+) -> list[tuple[str, Any, tuple[int, ...]]] | str:
+    """`(where, tensor, shape)` for every tensor `value` must be (a list of them for block
+    layouts), or what is wrong with its form."""
     if not want.listed:
-        yield where, value, want.shapes[0]
-        return
+        return [(where, value, want.shapes[0])]
     if not isinstance(value, list | tuple) or len(value) != len(want.shapes):
         got = f"{len(value)} items" if isinstance(value, list | tuple) else type(value).__name__
-        raise _Refused(
-            f"{where}: expected a list of {len(want.shapes)} tensors (one per block), got {got}"
-        )
-    for k, (item, shape) in enumerate(zip(value, want.shapes, strict=True)):
-        yield f"{where}[{k}]", item, shape
-
-
-class _Refused(Exception):
-    pass
+        return f"{where}: expected a list of {len(want.shapes)} tensors (one per block), got {got}"
+    return [
+        (f"{where}[{k}]", v, s) for k, (v, s) in enumerate(zip(value, want.shapes, strict=True))
+    ]
 
 
 def check_arguments(
@@ -114,19 +111,6 @@ def check_arguments(
     device: torch.device,
 ) -> str | None:
     """What is wrong with this rank's arguments (None when nothing is), in one line."""
-    try:
-        return _check(source_shards, out, expected_sources, expected_out, device)
-    except _Refused as refused:
-        return str(refused)
-
-
-def _check(
-    source_shards: Mapping[str, Any],
-    out: Mapping[str, Any],
-    expected_sources: Mapping[str, Expected],
-    expected_out: Mapping[str, Expected],
-    device: torch.device,
-) -> str | None:
     for name in source_shards:
         if name not in expected_sources:
             return (
@@ -139,18 +123,24 @@ def _check(
                 f"out[{name!r}]: this rank receives no destination shard of it "
                 f"(expected a subset of {sorted(expected_out)})"
             )
-    sources = []
+    sources: list[tuple[str, Any]] = []
     for name, want in expected_sources.items():
         if name not in source_shards:
             return f"source_shards: this rank holds a shard of {name!r}, none given"
-        for where, value, shape in _each(f"source_shards[{name!r}]", source_shards[name], want):
+        tensors = _tensors(f"source_shards[{name!r}]", source_shards[name], want)
+        if isinstance(tensors, str):
+            return tensors
+        for where, value, shape in tensors:
             problem = _tensor_problem(where, value, shape, want.dtype, device, False)
             if problem:
                 return problem
             sources.append((where, value))
     for name, value in out.items():
         want = expected_out[name]
-        for where, item, shape in _each(f"out[{name!r}]", value, want):
+        tensors = _tensors(f"out[{name!r}]", value, want)
+        if isinstance(tensors, str):
+            return tensors
+        for where, item, shape in tensors:
             problem = _tensor_problem(where, item, shape, want.dtype, device, True)
             if problem:
                 return problem

@@ -33,7 +33,7 @@ from executor import transport
 from executor.arguments import Expected, agree, check_arguments
 from executor.chunks import LocalTensors
 from executor.dtypes import TORCH_DTYPES
-from executor.local_data import LocalData, Shards, region_views
+from executor.local_data import LocalData, Shards, as_local_data, region_views
 from executor.program import (
     RankProgram,
     RankStep,
@@ -337,7 +337,7 @@ class Executor:
                 made[name] = out[name]
                 continue
             tensors = [torch.empty(s, dtype=want.dtype, device=self.device) for s in want.shapes]
-            made[name] = tensors if want.listed else tensors[0]
+            made[name] = as_local_data(tensors, want.listed)
         return made
 
     def _run(self, source_shards: Shards, destinations: Mapping[str, LocalData]) -> None:

@@ -14,6 +14,12 @@ LocalData = torch.Tensor | Sequence[torch.Tensor]
 Shards = Mapping[str, LocalData]
 
 
+def as_local_data(tensors: list[torch.Tensor], listed: bool) -> LocalData:
+    """A rank's data of one tensor from its local tensors: the list for block layouts, else
+    the one tensor."""
+    return tensors if listed else tensors[0]
+
+
 def region_view(data: LocalData, region: Region) -> torch.Tensor:
     """The elements of `region.box` inside the rank's data of its tensor."""
     local = data if isinstance(data, torch.Tensor) else data[region.local]

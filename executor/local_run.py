@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from executor.dtypes import TORCH_DTYPES
 from executor.executor import STAGING_BYTES, Executor, Mode
-from executor.local_data import LocalData, region_view
+from executor.local_data import LocalData, as_local_data, region_view
 from executor.local_world import LocalWorld
 from executor.memory import PeakMemory
 from executor.program import Region
@@ -106,10 +106,6 @@ def reference_local(spec: TensorSpec, holding: Holding) -> list[torch.Tensor]:
     return tensors
 
 
-def _as_data(tensors: list[torch.Tensor], holding: Holding) -> LocalData:
-    return tensors if holding.listed else tensors[0]
-
-
 def reference_sources(request: Request, strided: bool = False) -> dict[str, LocalData]:
     """This rank's source data of the reference tensors (as strided views with `strided`)."""
     problem, rank = build_problem(request), dist.get_rank()
@@ -118,8 +114,8 @@ def reference_sources(request: Request, strided: bool = False) -> dict[str, Loca
         holding = problem.holdings(i, "src").get(rank)
         if holding is not None:
             tensors = reference_local(spec, holding)
-            made[spec.name] = _as_data(
-                [strided_copy(t) for t in tensors] if strided else tensors, holding
+            made[spec.name] = as_local_data(
+                [strided_copy(t) for t in tensors] if strided else tensors, holding.listed
             )
     return made
 
@@ -137,7 +133,7 @@ def destination_tensors(request: Request, strided: bool = False) -> dict[str, Lo
                 (strided_empty(s, dtype) if strided else torch.empty(s, dtype=dtype)).zero_()
                 for s in holding.shapes
             ]
-            made[spec.name] = _as_data(tensors, holding)
+            made[spec.name] = as_local_data(tensors, holding.listed)
     return made
 
 

@@ -47,6 +47,19 @@ def clipped_to(target: Box, boxes: Iterable[Box]) -> list[Box]:
     return [c for c in (intersect(target, b) for b in boxes) if c is not None]
 
 
+def grid_cuts(
+    shape: Sequence[int], regions: Iterable[Iterable[Iterable[tuple[int, int]]]]
+) -> list[list[int]]:
+    """Per tensor dim, the sorted edges (0 and the length included) of every interval of
+    `regions`, each region given as its intervals per dim (a box: one interval per dim)."""
+    edges: list[set[int]] = [{0, n} for n in shape]
+    for region in regions:
+        for d, intervals in enumerate(region):
+            for interval in intervals:
+                edges[d].update(interval)
+    return [sorted(e) for e in edges]
+
+
 def covers(target: Box, cover: Sequence[Box]) -> bool:
     """Whether the boxes of `cover` together hold every element of `target`.
 

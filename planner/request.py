@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planner.boxes import covers
+from planner.boxes import covers, grid_cuts
 from planner.bulk import collection_paused
 from planner.dtypes import ITEMSIZE_BYTES
 from planner.errors import RequestError
@@ -346,12 +346,8 @@ def _check_blocks(
         tuple(_check_box(f"{where}.blocks[{j}][{k}]", box, shape) for k, box in enumerate(raw))
         for j, raw in enumerate(layout.blocks)
     )
-    edges: list[set[int]] = [{0, n} for n in shape]
-    for held in blocks:
-        for checked in held:
-            for d, interval in enumerate(checked):
-                edges[d].update(interval)
-    cells = math.prod(len(e) - 1 for e in edges)
+    cuts = grid_cuts(shape, (((iv,) for iv in box) for held in blocks for box in held))
+    cells = math.prod(len(c) - 1 for c in cuts)
     if cells > MAX_BLOCK_CELLS:
         raise RequestError(
             f"{where}.blocks",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.boxes import grid_cuts
 from planner.holdings import holdings
 from planner.mesh import axes_sharding, dim_chunks, mesh_coords
 from planner.request import Layout, MeshSpec, Request, TensorSpec
@@ -232,13 +233,11 @@ def _grid_tiles(
         held = {d: h.boxes for d, h in holdings(t.shape, mesh, layout).items()}
         sides.append((held, {d: i for i, d in enumerate(mesh.devices)}))
     (src_held, src_pos), (dst_held, dst_pos) = sides
-    edges: list[set[int]] = [{0, n} for n in t.shape]
-    for held in (src_held, dst_held):
-        for boxes in held.values():
-            for box in boxes:
-                for d, interval in enumerate(box):
-                    edges[d].update(interval)
-    cuts = [np.array(sorted(e), dtype=np.int64) for e in edges]
+    boxes = (box for held in (src_held, dst_held) for bs in held.values() for box in bs)
+    cuts = [
+        np.array(c, dtype=np.int64)
+        for c in grid_cuts(t.shape, (((iv,) for iv in box) for box in boxes))
+    ]
     holders = _grouped(*_cell_members(src_held, cuts))
     needers = _grouped(*_cell_members(dst_held, cuts))
     dims = tuple(len(c) - 1 for c in cuts)

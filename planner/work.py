@@ -11,6 +11,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from planner.boxes import grid_cuts
 from planner.errors import RequestError
 from planner.mesh import Interval, Placement, Strided, mesh_coords, placement_dim, shard_intervals
 from planner.request import MeshSpec, Request, TensorSpec
@@ -88,12 +89,7 @@ def _grid_work(request: Request, t: TensorSpec) -> tuple[int, int]:
             shard_intervals(t.shape, mesh.shape, layout.placements, coord)
             for coord in mesh_coords(mesh.shape).tolist()
         ]
-    edges: list[set[int]] = [{0, n} for n in t.shape]
-    for region in regions:
-        for d, intervals in enumerate(region):
-            for lo, hi in intervals:
-                edges[d].update((lo, hi))
-    cuts = [sorted(e) for e in edges]
+    cuts = grid_cuts(t.shape, regions)
     cells = math.prod(len(c) - 1 for c in cuts)
     pairs = sum(
         math.prod(
