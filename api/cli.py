@@ -13,12 +13,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from api.cli_common import UsageError, chosen_algorithm, load_problem, read_json, solve_options
 from api.cli_run import add_run_parser
 from api.cli_schedule import add_schedule_parsers
 from api.cli_serve import add_serve_parsers
 from api.cli_testbed import add_testbed_parsers
+from api.progress import progress
 from planner import PlanFormatError, RequestError
 from planner.bulk import collection_paused
 from planner.plan import Plan
@@ -105,6 +107,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comparison_header(problem: Problem) -> str:
+    header = (
+        f"{'algorithm':<20} {'transfers':>9} {'wire MiB':>10} {'makespan ms':>12} "
+        f"{'ratio':>7} {'solve s':>8}"
+    )
+    return "\n".join(
+        [
+            f"lower bound {problem.lower_bound_s * 1e3:.4f} ms, {len(problem.tiles)} tiles",
+            header,
+            "-" * len(header),
+        ]
+    )
+
+
+def _comparison_row(row: dict[str, Any]) -> str:
+    return (
+        f"{row['algorithm']:<20} {row['transfers']:>9} {row['wire_bytes'] / 2**20:>10,.1f} "
+        f"{row['makespan_s'] * 1e3:>12.4f} {row['ratio']:>7.3f} {row['solve_time_s']:>8.3f}"
+    )
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     problem = load_problem(args.request)
     options = solve_options(problem, args)
@@ -114,20 +137,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
             resolve(name)
         except RequestError as err:
             raise UsageError(f"--algorithms: {err.message}") from None
-    print(f"lower bound {problem.lower_bound_s * 1e3:.4f} ms, {len(problem.tiles)} tiles")
-    header = (
-        f"{'algorithm':<20} {'transfers':>9} {'wire MiB':>10} {'makespan ms':>12} "
-        f"{'ratio':>7} {'solve s':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name in names:
-        row = summarize(problem, make_plan(problem, name, options), check=False)
-        print(
-            f"{name:<20} {row['transfers']:>9} {row['wire_bytes'] / 2**20:>10,.1f} "
-            f"{row['makespan_s'] * 1e3:>12.4f} {row['ratio']:>7.3f} {row['solve_time_s']:>8.3f}",
-            flush=True,
-        )
+    rows = []
+    if not args.json:
+        print(_comparison_header(problem), flush=True)
+    with progress(len(names), "comparing", quiet=args.json) as steps:
+        for name in names:
+            steps.begin(name)
+            rows.append(summarize(problem, make_plan(problem, name, options), check=False))
+            if not args.json:
+                print(_comparison_row(rows[-1]), flush=True)
+    if args.json:
+        print(json.dumps({"lower_bound_s": problem.lower_bound_s, "rows": rows}))
     return 0
 
 
@@ -174,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="every algorithm side by side")
     compare.add_argument("request")
     compare.add_argument("--algorithms", help="comma-separated subset (default: all)")
+    compare.add_argument(
+        "--json", action="store_true", help="last line: the rows as one JSON object"
+    )
     solver_flags(compare)
     compare.set_defaults(func=cmd_compare)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from api.cache import CacheError, PlanCache, open_cache
 from api.cli_common import UsageError, read_json
+from api.progress import progress
 from planner import PlanFormatError, RequestError, build_problem, parse_request
 from planner.plan import Plan
 from solver import SolveOptions, make_plan, resolve
@@ -70,33 +71,50 @@ def _request_files(folder: str) -> list[Path]:
     return sorted(path.glob("*.json"))
 
 
+def _warm_one(path: Path, cache: PlanCache, args: argparse.Namespace) -> dict[str, Any]:
+    """Plan one request file into `cache`: what happened, as the `--json` line says it."""
+    try:
+        request = parse_request(read_json(str(path), "request"))
+        algorithm = args.algorithm or request.options.algorithm
+        resolve(algorithm)
+    except (UsageError, RequestError) as err:
+        return {"outcome": "skipped", "message": f"skipped: {err}"}
+    if cache.get(request.request_id) is not None:
+        return {"outcome": "cached", "request_id": request.request_id, "message": "already cached"}
+    limit = args.time_limit or request.options.time_limit_s
+    started = time.perf_counter()
+    plan = make_plan(build_problem(request), algorithm, SolveOptions(limit, request.options.seed))
+    cache.put(request.request_id, plan.to_json(), request.to_json())
+    seconds = time.perf_counter() - started
+    return {
+        "outcome": "planned",
+        "request_id": request.request_id,
+        "algorithm": plan.algorithm,
+        "seconds": round(seconds, 3),
+        "ratio": plan.ratio,
+        "message": f"planned with {plan.algorithm} in {seconds:.1f} s, ratio {plan.ratio:.3f}",
+    }
+
+
 def cmd_cache_warm(args: argparse.Namespace) -> int:
     files = _request_files(args.folder)
     cache, failed = _open(args.cache), 0
     try:
-        for k, path in enumerate(files, 1):
-            prefix = f"[{k}/{len(files)}] {path.name}:"
-            try:
-                request = parse_request(read_json(str(path), "request"))
-                algorithm = args.algorithm or request.options.algorithm
-                resolve(algorithm)
-            except (UsageError, RequestError) as err:
-                print(f"{prefix} skipped: {err}", file=sys.stderr)
-                failed += 1
-                continue
-            if cache.get(request.request_id) is not None:
-                print(f"{prefix} already cached", flush=True)
-                continue
-            limit = args.time_limit or request.options.time_limit_s
-            started = time.perf_counter()
-            problem = build_problem(request)
-            plan = make_plan(problem, algorithm, SolveOptions(limit, request.options.seed))
-            cache.put(request.request_id, plan.to_json(), request.to_json())
-            print(
-                f"{prefix} planned with {plan.algorithm} in {time.perf_counter() - started:.1f} s, "
-                f"ratio {plan.ratio:.3f}",
-                flush=True,
-            )
+        with progress(len(files), "warming the cache", quiet=args.json) as steps:
+            for k, path in enumerate(files, 1):
+                steps.begin(path.name)
+                result = _warm_one(path, cache, args)
+                skipped = result["outcome"] == "skipped"
+                failed += skipped
+                message = result.pop("message")
+                if args.json:
+                    print(json.dumps({"file": path.name, **result}), flush=True)
+                else:
+                    print(
+                        f"[{k}/{len(files)}] {path.name}: {message}",
+                        file=sys.stderr if skipped else sys.stdout,
+                        flush=True,
+                    )
     finally:
         cache.close()
     return 1 if failed else 0
@@ -174,6 +192,7 @@ def add_serve_parsers(sub: Any) -> None:
     warm.add_argument("folder")
     warm.add_argument("--algorithm", help="default: each request's")
     warm.add_argument("--time-limit", type=float, help="seconds per request (default: request's)")
+    warm.add_argument("--json", action="store_true", help="one JSON object per request file")
     warm.set_defaults(func=cmd_cache_warm)
     export = actions.add_parser("export", help="write every cached plan as a file")
     export.add_argument("folder")

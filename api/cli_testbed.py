@@ -11,6 +11,7 @@ from typing import Any
 
 from api.cli_common import UsageError, load_problem
 from api.cli_run import parse_size
+from api.progress import progress
 from planner import RequestError, build_problem, parse_request
 from planner.problem import Problem
 from planner.synthetic import scaled_request
@@ -88,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.bench import bench
+    from testbed.bench import bench, bench_steps
     from testbed.network import TestbedError
 
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
@@ -104,17 +105,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 3:
         raise UsageError(f"--repeats: at least 3 (the median is reported), got {args.repeats}")
     try:
-        calibration, results = bench(
-            problem.request,
-            algorithms,
-            name=args.name,
-            nic_gbps=args.nic_gbps,
-            latency_us=args.latency_us,
-            mode=args.mode,
-            repeats=args.repeats,
-            time_limit_s=args.time_limit,
-            progress=lambda message: print(message, file=sys.stderr, flush=True),
-        )
+        with progress(bench_steps(algorithms), "testbed bench", quiet=args.json) as steps:
+            calibration, results = bench(
+                problem.request,
+                algorithms,
+                name=args.name,
+                nic_gbps=args.nic_gbps,
+                latency_us=args.latency_us,
+                mode=args.mode,
+                repeats=args.repeats,
+                time_limit_s=args.time_limit,
+                progress=lambda message: print(message, file=sys.stderr, flush=True),
+                step=steps.begin,
+            )
     except TestbedError as err:
         print(f"meshcast: testbed failed: {err}", file=sys.stderr)
         return 1

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.request import MAX_DEVICE_ID, MAX_DIM, MAX_GBPS, MAX_NICS_PER_HOST, MIN_GBPS
 from planner.request import MAX_TIME_LIMIT_S as MAX_LIMIT_S
 
+MAX_STAGES, MAX_MICROBATCHES = 256, 4096
+
 Interval = list[int]
 BoxJson = list[Interval]
 
@@ -169,6 +171,80 @@ class CheckBody(_Doc):
     plan: PlanBody
 
 
+class SummaryBody(_Doc):
+    """A plan checked against its request: validity and port-v1 times recomputed."""
+
+    algorithm: str
+    status: Literal["optimal", "feasible", "heuristic"]
+    valid: bool
+    errors: list[str] = Field(description="the first validity errors (at most 20)")
+    transfers: int
+    wire_bytes: int = Field(description="bytes sent over NICs (intra-host copies not counted)")
+    makespan_s: float = Field(description="port-v1 makespan recomputed from the request")
+    lower_bound_s: float
+    ratio: float | None = Field(description="makespan / lower bound; null when the bound is 0")
+    best_bound_s: float | None = Field(description="a solver's proven bound, when it has one")
+    solve_time_s: float
+    busiest_port: str | None = Field(description="e.g. `host3/nic5/tx`")
+    busiest_port_s: float | None = Field(description="how long the busiest port is held")
+
+
+class CompareAnswer(_Doc):
+    """Every algorithm's plan of one request, summarised (`POST /v1/compare`)."""
+
+    request_id: str
+    algorithms: list[SummaryBody]
+
+
+class ScheduleBody(_Doc):
+    """What `POST /v1/schedules` takes: a pipeline and how long its stages and boundaries take."""
+
+    stages: int = Field(ge=1, le=MAX_STAGES)
+    microbatches: int = Field(ge=1, le=MAX_MICROBATCHES)
+    schedule: str | None = Field(
+        None, description="`gpipe`, `1f1b` or `eager-1f1b`; every one when left out"
+    )
+    forward_ms: float | list[float] = Field(
+        description="per stage: one value for all, or a list of `stages` values"
+    )
+    backward_ms: float | list[float] = Field(description="like `forward_ms`")
+    boundaries: list[RequestBody] | None = Field(
+        None,
+        description="`stages - 1` plan requests in stage order; the activation transfer is "
+        "planned as given, the gradient transfer reversed",
+    )
+    comm_ms: float | None = Field(
+        None, ge=0, le=1e9, description="a fixed boundary time, when `boundaries` is left out"
+    )
+
+
+class BoundaryTimingBody(_Doc):
+    """The plan makespans one stage boundary takes."""
+
+    boundary: int
+    activation_s: float
+    gradient_s: float
+    activation_request_id: str
+    gradient_request_id: str
+
+
+class ScheduleResultBody(_Doc):
+    """One schedule simulated."""
+
+    iteration_s: float
+    bubble_fraction: float
+    peak_inflight: list[int] = Field(
+        description="per stage, the most micro-batches whose activations it holds at once"
+    )
+
+
+class ScheduleAnswer(_Doc):
+    """`POST /v1/schedules`: each schedule's simulation, with the boundaries' plan times."""
+
+    boundaries: list[BoundaryTimingBody]
+    results: dict[str, ScheduleResultBody]
+
+
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` for a route that reads `model` as its JSON body (it parses the body
     itself, to answer with `ErrorBody`)."""
@@ -183,7 +259,7 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 #: models the routes reference only through `request_body`, added to the schema's components
-BODY_MODELS: tuple[type[BaseModel], ...] = (RequestBody, CheckBody)
+BODY_MODELS: tuple[type[BaseModel], ...] = (RequestBody, CheckBody, ScheduleBody)
 
 
 def add_body_models(schema: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.progress import progress
 from benchmarks.common import markdown_table, write_results
 from planner.dtypes import ITEMSIZE_BYTES
 from planner.synthetic import random_request
@@ -51,8 +52,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     meshcast = str(Path(sys.executable).parent / "meshcast")
     rows, data = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        progress(args.count, "held-out executor runs") as steps,
+    ):
         for k in range(args.count):
+            steps.begin(f"request {k + 1}")
             request = draw(rng, args.max_ranks)
             path = Path(tmp, f"heldout-{k}.json")
             path.write_text(json.dumps(request))

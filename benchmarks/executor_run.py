@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.cli_run import parse_size
+from api.progress import progress
 from benchmarks.common import SHARED, geomean, markdown_table, write_results
 from executor.local_run import RunSettings, run_plan
 from executor.local_world import LocalWorld
@@ -53,13 +54,17 @@ def main() -> None:
     print(f"starting {num_ranks} local ranks (gloo)", flush=True)
     rows: list[list[Any]] = []
     data: list[dict[str, Any]] = []
-    with LocalWorld(num_ranks, timeout_s=300) as world:
+    with (
+        LocalWorld(num_ranks, timeout_s=300) as world,
+        progress(len(requests) * len(PLANS), "executor runs") as steps,
+    ):
         for k, (case, raw) in enumerate(requests.items()):
             parsed = parse_request(raw)
             problem = build_problem(parsed)
             plans = {a: make_plan(problem, a, SolveOptions(time_limit_s=2.0)) for a, _ in PLANS}
             walls = {}
             for algorithm, mode in PLANS:
+                steps.begin(f"{case} {algorithm}/{mode}")
                 started = time.perf_counter()
                 report = run_plan(
                     world, parsed, plans[algorithm], RunSettings(mode=mode, repeats=args.repeats)

@@ -26,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.progress import progress
 from benchmarks.common import markdown_table, write_results
 from planner.synthetic import shared_like_request
 from tests.api.server import running_server
@@ -99,20 +100,26 @@ def main() -> None:
             n = args.requests
             health = [lambda c: c.get(f"{url}/healthz")] * n
             cached = [lambda c: c.post(f"{url}/v1/plans", json=cached_request)] * n
-            rows.append(_measure("GET /healthz (floor)", health, 1))
-            rows.append(_measure("POST /v1/plans cached", cached, 1))
-            rows.append(_measure("POST /v1/plans cached", cached, 16))
-            before = _solves(url)
-            uncached = [
-                (lambda c, r=r: c.post(f"{url}/v1/plans", json=r))  # type: ignore[misc]
-                for r in distinct
-            ]
-            rows.append(_measure("POST /v1/plans uncached, distinct", uncached, 8))
-            rows[-1]["solves"] = _solves(url) - before
-            before = _solves(url)
-            same = [lambda c: c.post(f"{url}/v1/plans", json=identical)] * 16
-            rows.append(_measure("POST /v1/plans uncached, 16 identical", same, 16))
-            rows[-1]["solves"] = _solves(url) - before
+            with progress(5, "service load") as steps:
+                steps.begin("GET /healthz")
+                rows.append(_measure("GET /healthz (floor)", health, 1))
+                steps.begin("cached plans, 1 client")
+                rows.append(_measure("POST /v1/plans cached", cached, 1))
+                steps.begin("cached plans, 16 clients")
+                rows.append(_measure("POST /v1/plans cached", cached, 16))
+                before = _solves(url)
+                uncached = [
+                    (lambda c, r=r: c.post(f"{url}/v1/plans", json=r))  # type: ignore[misc]
+                    for r in distinct
+                ]
+                steps.begin("distinct requests")
+                rows.append(_measure("POST /v1/plans uncached, distinct", uncached, 8))
+                rows[-1]["solves"] = _solves(url) - before
+                before = _solves(url)
+                same = [lambda c: c.post(f"{url}/v1/plans", json=identical)] * 16
+                steps.begin("16 identical requests")
+                rows.append(_measure("POST /v1/plans uncached, 16 identical", same, 16))
+                rows[-1]["solves"] = _solves(url) - before
     header = ["scenario", "clients", "requests", "p50 ms", "p99 ms", "req/s", "non-200", "solves"]
     table = markdown_table(
         header,

@@ -19,6 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.progress import progress
 from benchmarks.common import RESULTS, geomean, load_plancheck, markdown_table, write_results
 from planner import build_problem, parse_request
 from planner.simulate import check_plan
@@ -152,25 +153,23 @@ def main() -> int:
     plancheck = load_plancheck()
     algorithms = tuple(ALGORITHMS)
     case_files = sorted(Path(args.cases).glob("*.json"))
-    print(f"shared cases: {len(case_files)} x {len(algorithms)} algorithms")
-    shared = [
-        run_case(f.stem, json.loads(f.read_text()), algorithms, options, plancheck)
-        for f in case_files
-    ]
+    print(f"shared cases: {len(case_files)} x {len(algorithms)} algorithms, then held-out cases: "
+          f"{args.held_out} x {len(HELD_OUT_ALGORITHMS)} algorithms")  # fmt: skip
     rng = random.Random(args.seed)
-    print(f"held-out cases: {args.held_out} x {len(HELD_OUT_ALGORITHMS)} algorithms")
-    held = []
-    for k in range(args.held_out):
-        kind = "paper" if k % 2 == 0 else "modern"
-        held.append(
-            run_case(
-                f"held-{kind}-{k}",
-                shared_like_request(rng, kind),
-                HELD_OUT_ALGORITHMS,
-                options,
-                plancheck,
+    shared, held = [], []
+    with progress(len(case_files) + args.held_out, "solver quality") as steps:
+        for f in case_files:
+            steps.begin(f.stem)
+            shared.append(
+                run_case(f.stem, json.loads(f.read_text()), algorithms, options, plancheck)
             )
-        )
+        for k in range(args.held_out):
+            kind = "paper" if k % 2 == 0 else "modern"
+            steps.begin(f"held-{kind}-{k}")
+            request = shared_like_request(rng, kind)
+            held.append(
+                run_case(f"held-{kind}-{k}", request, HELD_OUT_ALGORITHMS, options, plancheck)
+            )
     beaten = [
         (r["case"], a)
         for r in shared + held

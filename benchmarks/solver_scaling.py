@@ -17,12 +17,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.progress import progress
 from benchmarks.common import RESULTS, markdown_table, write_results
 from planner import build_problem, parse_request
 from planner.synthetic_scale import (
@@ -33,6 +35,8 @@ from planner.synthetic_scale import (
 from solver import SolveOptions, make_plan
 
 ALGORITHMS = ("greedy", "auto")
+#: builds one request of a sweep when called
+RequestBuilder = Callable[[], dict[str, Any]]
 
 
 def refit_with(num_tensors: int) -> dict[str, Any]:
@@ -40,25 +44,27 @@ def refit_with(num_tensors: int) -> dict[str, Any]:
     return qwen3_235b_per_expert_refit(max(1, round((num_tensors - 3) / 263)))
 
 
-def sweeps(max_tensors: int, max_devices: int) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    for n in (100, 1_000, 5_000, 25_000, 50_000):
-        if n <= max_tensors:
-            yield "tensors", n, refit_with(n)
-    yield "stacked", 384, deepseek_v3_stacked_refit()  # 552 tensors, experts stacked
+def sweeps(max_tensors: int, max_devices: int) -> list[tuple[str, int, RequestBuilder]]:
+    """(sweep, size, a function building the request): requests are built one at a time."""
+    found: list[tuple[str, int, RequestBuilder]] = [
+        ("tensors", n, partial(refit_with, n))
+        for n in (100, 1_000, 5_000, 25_000, 50_000)
+        if n <= max_tensors
+    ]
+    found.append(("stacked", 384, deepseek_v3_stacked_refit))  # 552 tensors, experts stacked
     for devices in (64, 256, 1024, 4096, 16384):
         if devices <= max_devices:
             hosts = devices // 16
             # every GPU sends its slice to its peer: one message each
-            yield (
-                "boundary",
-                devices,
-                boundary_request(hosts, batch=8 * hosts, seq=4096, dst_placements=("S(0)", "S(1)")),
-            )
+            peer = partial(boundary_request, hosts, batch=8 * hosts, seq=4096,
+                           dst_placements=("S(0)", "S(1)"))  # fmt: skip
+            found.append(("boundary", devices, peer))
     for devices in (64, 256, 1024, 4096, 16384):
         if devices <= max_devices:
             hosts = devices // 16
             # every GPU of the next stage gathers its host's rows: all-gathers inside hosts
-            yield "gather", devices, boundary_request(hosts, batch=4 * hosts)
+            found.append(("gather", devices, partial(boundary_request, hosts, batch=4 * hosts)))
+    return found
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -99,22 +105,26 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     stopped: set[tuple[str, str]] = set()
-    for sweep, size, request in sweeps(args.max_tensors, args.max_devices):
-        for algorithm in ALGORITHMS:
-            if (sweep, algorithm) in stopped:
-                continue
-            row = {"sweep": sweep, "size": size, "algorithm": algorithm}
-            row |= plan_once(request, algorithm, args.time_limit)
-            rows.append(row)
-            print(
-                f"{sweep:<9} {size:>6} {algorithm:<7} {row['tiles']:>8} tiles "
-                f"{row['wall_s']:7.2f} s wall (parse {row['parse_s']:.2f} solve "
-                f"{row['solve_s']:.2f} plan {row['plan_s']:.2f} write {row['write_s']:.2f}) "
-                f"ratio {row['ratio']:.4f}",
-                flush=True,
-            )
-            if row["wall_s"] > args.give_up:
-                stopped.add((sweep, algorithm))
+    planned = sweeps(args.max_tensors, args.max_devices)
+    with progress(len(planned) * len(ALGORITHMS), "solver scaling") as steps:
+        for sweep, size, build in planned:
+            request = build()
+            for algorithm in ALGORITHMS:
+                steps.begin(f"{sweep} {size} {algorithm}")
+                if (sweep, algorithm) in stopped:
+                    continue
+                row = {"sweep": sweep, "size": size, "algorithm": algorithm}
+                row |= plan_once(request, algorithm, args.time_limit)
+                rows.append(row)
+                print(
+                    f"{sweep:<9} {size:>6} {algorithm:<7} {row['tiles']:>8} tiles "
+                    f"{row['wall_s']:7.2f} s wall (parse {row['parse_s']:.2f} solve "
+                    f"{row['solve_s']:.2f} plan {row['plan_s']:.2f} write {row['write_s']:.2f}) "
+                    f"ratio {row['ratio']:.4f}",
+                    flush=True,
+                )
+                if row["wall_s"] > args.give_up:
+                    stopped.add((sweep, algorithm))
     header = [
         "sweep", "size", "algorithm", "tensors", "devices", "tiles", "transfers",
         "parse s", "solve s", "plan s", "write s", "wall s", "solve_time_s", "ratio",

@@ -20,10 +20,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.cli_run import parse_size
+from api.progress import progress
 from benchmarks.common import RESULTS, SHARED, geomean, markdown_table, write_results
 from planner import parse_request
 from planner.synthetic import scaled_request
-from testbed.bench import bench
+from testbed.bench import bench, bench_steps
 
 DEFAULT_CASES = [
     "paper-1tom-1x2",
@@ -74,32 +75,35 @@ def main() -> None:
     algorithms = args.algorithms.split(",")
     rows: list[dict[str, Any]] = []
     calibrations = {}
-    for k, case in enumerate(args.cases.split(","), 1):
-        raw = json.loads((SHARED / "cases" / f"{case}.json").read_text())
-        request = parse_request(scaled_request(raw, args.max_bytes))
-        started = time.perf_counter()
-        calibration, results = bench(
-            request, algorithms, name="paper", nic_gbps=args.nic_gbps, repeats=args.repeats
-        )
-        calibrations[case] = calibration
-        base = next(r for r in results if r.algorithm == "sendrecv")
-        for r in results:
-            rows.append(
-                {
-                    "case": case,
-                    **r.to_json(),
-                    "ratio": r.measured_s / r.predicted_s,
-                    "speedup_measured": base.measured_s / r.measured_s,
-                    "speedup_predicted": base.predicted_s / r.predicted_s,
-                }
-            )
-            print(
-                f"[{k}] {case} {r.algorithm}: measured {r.measured_s:.3f} s, predicted "
-                f"{r.predicted_s:.3f} s ({r.measured_s / r.predicted_s:.2f}x), "
-                f"verified={r.verified}",
-                flush=True,
-            )
-        print(f"[{k}] {case} done in {time.perf_counter() - started:.0f} s", flush=True)
+    cases = args.cases.split(",")
+    with progress(len(cases) * bench_steps(algorithms), "testbed paper cases") as steps:
+        for k, case in enumerate(cases, 1):
+            raw = json.loads((SHARED / "cases" / f"{case}.json").read_text())
+            request = parse_request(scaled_request(raw, args.max_bytes))
+            started = time.perf_counter()
+            calibration, results = bench(
+                request, algorithms, name="paper", nic_gbps=args.nic_gbps, repeats=args.repeats,
+                step=lambda label, case=case: steps.begin(f"{case}: {label}"),
+            )  # fmt: skip
+            calibrations[case] = calibration
+            base = next(r for r in results if r.algorithm == "sendrecv")
+            for r in results:
+                rows.append(
+                    {
+                        "case": case,
+                        **r.to_json(),
+                        "ratio": r.measured_s / r.predicted_s,
+                        "speedup_measured": base.measured_s / r.measured_s,
+                        "speedup_predicted": base.predicted_s / r.predicted_s,
+                    }
+                )
+                print(
+                    f"[{k}] {case} {r.algorithm}: measured {r.measured_s:.3f} s, predicted "
+                    f"{r.predicted_s:.3f} s ({r.measured_s / r.predicted_s:.2f}x), "
+                    f"verified={r.verified}",
+                    flush=True,
+                )
+            print(f"[{k}] {case} done in {time.perf_counter() - started:.0f} s", flush=True)
     table = markdown_table(
         [
             "case",

@@ -114,6 +114,11 @@ def calibrate_testbed(
         return _calibration(spec, 1 + max(spec.host_of), timeout_s, repeats=3)
 
 
+def bench_steps(algorithms: Sequence[str]) -> int:
+    """How many steps `bench` reports: calibrating, one plan per algorithm, running them."""
+    return len(algorithms) + 2
+
+
 def bench(
     request: Request,
     algorithms: Sequence[str],
@@ -126,8 +131,11 @@ def bench(
     time_limit_s: float = 2.0,
     timeout_s: float = 600.0,
     progress: Callable[[str], None] = lambda _: None,
+    step: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], list[BenchResult]]:
-    """The calibration and one result per algorithm (see the module docstring)."""
+    """The calibration and one result per algorithm (see the module docstring). `progress`
+    gets messages worth printing; `step` is called as each of the `bench_steps(algorithms)`
+    steps begins, with what it is."""
     latency = request.cluster.latency_us if latency_us is None else latency_us
     spec = spec_for(request, name, nic_gbps, latency)
     world_size = 1 + max(spec.host_of)
@@ -138,16 +146,21 @@ def bench(
     with network.running(spec) as notes:
         for note in notes:
             progress(note)
+        step("calibrating the links")
         calibration = _calibration(spec, world_size, timeout_s, repeats)
         progress(f"calibrated: {calibration}")
         model = calibrated(request, calibration)
         problem = build_problem(parse_request(model))
         options = SolveOptions(time_limit_s, request.options.seed)
-        plans = [make_plan(problem, algorithm, options) for algorithm in algorithms]
+        plans = []
+        for algorithm in algorithms:
+            step(f"planning with {algorithm}")
+            plans.append(make_plan(problem, algorithm, options))
         runs = [
             {"plan": p.to_json(), "mode": mode, "chunk_bytes": TESTBED_CHUNK_BYTES} for p in plans
         ]
         progress(f"running {len(plans)} plan(s), {repeats} time(s) each")
+        step(f"running {len(plans)} plan(s) x {repeats}")
         answers = run_job(
             spec, _job(world_size, timeout_s, repeats, request=model, runs=runs), timeout_s
         )

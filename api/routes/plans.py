@@ -12,7 +12,15 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from api.deps import CacheDep, PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
-from api.schemas import CheckBody, ErrorBody, PlanBody, RequestBody, request_body
+from api.schemas import (
+    CheckBody,
+    CompareAnswer,
+    ErrorBody,
+    PlanBody,
+    RequestBody,
+    SummaryBody,
+    request_body,
+)
 from api.settings import Settings
 from api.viewer import index_page, plan_page
 from planner import PlanFormatError, RequestError, build_problem, parse_request
@@ -179,7 +187,12 @@ async def get_plan(request_id: str, cache: CacheDep) -> JSONResponse:
     return _plan_response(plan, request_id, True)
 
 
-@router.post("/compare", openapi_extra=request_body(RequestBody), responses=ERRORS)
+@router.post(
+    "/compare",
+    openapi_extra=request_body(RequestBody),
+    response_model=CompareAnswer,
+    responses=ERRORS,
+)
 async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Every algorithm on one request, side by side (not cached)."""
     request = await accepted_off_loop(body, settings)
@@ -190,7 +203,9 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: JsonBody) ->
     return {"request_id": request.request_id, "algorithms": rows}
 
 
-@router.post("/check", openapi_extra=request_body(CheckBody), responses=ERRORS)
+@router.post(
+    "/check", openapi_extra=request_body(CheckBody), response_model=SummaryBody, responses=ERRORS
+)
 async def check(settings: SettingsDep, body: JsonBody) -> dict[str, Any]:
     """Validate `{"request": ..., "plan": ...}` and recompute the plan's port-v1 times."""
     body = json_value(body)

@@ -6,11 +6,18 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
-from api.routes.plans import accepted_request, json_value, unavailable, unprocessable
+from api.routes.plans import (
+    ERRORS,
+    accepted_request,
+    json_value,
+    unavailable,
+    unprocessable,
+)
+from api.schemas import ScheduleAnswer, ScheduleBody, request_body
 from pipeline.boundaries import boundary_timing, reversed_request
 from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
 from pipeline.simulate import Timing, simulate
@@ -18,23 +25,13 @@ from planner.plan import Plan
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 JsonBody = Annotated[Any, Body()]
-MAX_STAGES, MAX_MICROBATCHES = 256, 4096
 
 
-class ScheduleQuery(BaseModel):
-    """What `POST /v1/schedules` takes."""
+class ScheduleQuery(ScheduleBody):
+    """`ScheduleBody` with the boundary requests left for `parse_request` to check (its errors
+    name the field and the value)."""
 
-    model_config = ConfigDict(extra="forbid")
-    stages: int = Field(ge=1, le=MAX_STAGES)
-    microbatches: int = Field(ge=1, le=MAX_MICROBATCHES)
-    #: one schedule, or every one when left out
-    schedule: str | None = None
-    #: per stage (one value for all, or a list of `stages` values)
-    forward_ms: float | list[float] = Field(...)
-    backward_ms: float | list[float] = Field(...)
-    #: `stages - 1` plan requests, stage order; or `comm_ms` for a given time
     boundaries: list[Any] | None = None
-    comm_ms: float | None = Field(default=None, ge=0, le=1e9)
 
 
 def _per_stage(name: str, value: float | list[float], stages: int) -> list[float]:
@@ -46,7 +43,12 @@ def _per_stage(name: str, value: float | list[float], stages: int) -> list[float
     return [v / 1e3 for v in values]
 
 
-@router.post("/schedules")
+@router.post(
+    "/schedules",
+    openapi_extra=request_body(ScheduleBody),
+    response_model=ScheduleAnswer,
+    responses=ERRORS,
+)
 async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
     """Simulate GPipe, 1F1B and eager-1F1B; boundary transfers take their plans' makespans."""
     try:

@@ -67,3 +67,53 @@ def test_a_generated_client_round_trips_a_request_and_its_plan(tmp_path: Path) -
         assert plan.model_dump(mode="json", exclude_unset=True) == response.json()
         error = client.post("/v1/plans", json={**sent, "tensors": []})
         assert generated.ErrorBody.model_validate(error.json()).detail.field == "tensors"
+
+
+def _ref_name(content: dict[str, Any]) -> str:
+    ref: str = content["content"]["application/json"]["schema"]["$ref"]
+    return ref.rsplit("/", 1)[1]
+
+
+def test_compare_check_and_schedules_are_typed(tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        schema = client.get("/openapi.json").json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
+    expected = {
+        "/v1/compare": ("RequestBody", "CompareAnswer"),
+        "/v1/check": ("CheckBody", "SummaryBody"),
+        "/v1/schedules": ("ScheduleBody", "ScheduleAnswer"),
+    }
+    for path, (body, answer) in expected.items():
+        operation = paths[path]["post"]
+        assert _ref_name(operation["requestBody"]) == body, path
+        assert _ref_name(operation["responses"]["200"]) == answer, path
+        assert _ref_name(operation["responses"]["422"]) == "ErrorBody", path
+        assert body in components and answer in components
+    assert {"makespan_s", "ratio", "valid"} <= set(components["SummaryBody"]["required"])
+    assert components["ScheduleBody"]["properties"]["boundaries"]["anyOf"][0]["items"] == {
+        "$ref": "#/components/schemas/RequestBody"
+    }
+
+
+def test_a_generated_client_reads_compare_check_and_schedule_answers(tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        generated = _generated_models(client.get("/openapi.json").json(), tmp_path)
+        compared = client.post("/v1/compare", json=CASE)
+        assert compared.status_code == 200
+        rows = generated.CompareAnswer.model_validate(compared.json()).algorithms
+        assert {row.algorithm for row in rows} >= {"greedy", "sendrecv"}
+        plan = client.post("/v1/plans", json=CASE).json()
+        body = generated.CheckBody.model_validate({"request": CASE, "plan": plan})
+        checked = client.post("/v1/check", json=body.model_dump(mode="json", exclude_unset=True))
+        assert generated.SummaryBody.model_validate(checked.json()).valid is True
+        query = generated.ScheduleBody.model_validate(
+            {"stages": 2, "microbatches": 4, "forward_ms": 1.0, "backward_ms": 2.0,
+             "boundaries": [CASE]}
+        )  # fmt: skip
+        answer = client.post(
+            "/v1/schedules", json=query.model_dump(mode="json", exclude_unset=True)
+        )
+        assert answer.status_code == 200, answer.text
+        parsed = generated.ScheduleAnswer.model_validate(answer.json())
+        assert parsed.boundaries[0].activation_s == plan["makespan_s"]
+        assert set(parsed.results) == {"gpipe", "1f1b", "eager-1f1b"}
