@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.boxes import TimedBoxes, clipped_to, contains, covers, uncovered_volume, volume
+from planner.boxes import TimedBoxes, contains, covers, uncovered_volume
 from planner.cost import transfer_cost
 from planner.mesh import Box
 from planner.plan import Plan, Transfer
@@ -179,12 +179,8 @@ class _Holdings:
             for d, targets in problem.dst_boxes(ti).items():
                 boxes = self.held.get((ti, d))
                 cover = list(boxes.boxes) if boxes is not None else list(src_boxes.get(d, ()))
-                disjoint = boxes.known_disjoint if boxes is not None else len(cover) < 2
                 for target in targets:
-                    if disjoint:  # covered iff the volumes add up
-                        if sum(volume(c) for c in clipped_to(target, cover)) == volume(target):
-                            continue
-                    elif covers(target, cover):
+                    if boxes.covers(target) if boxes is not None else covers(target, cover):
                         continue
                     missing, cell = uncovered_volume(target, cover)
                     errors.append(

@@ -21,7 +21,7 @@ from planner.problem import Problem
 from solver.backends import MissingBackend, backend
 from solver.base import SolveOptions, SolveResult
 from solver.components import Component, assemble, components
-from solver.greedy import greedy, greedy_routing
+from solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
 from solver.items import Item, coalesce
 from solver.jobs import jobs_with_hint
 from solver.moves import MoveList
@@ -98,7 +98,7 @@ def _solve_component(
     if greedy_s is None:
         greedy_s, _, found.routing = min(
             (_scheduled_s(problem, items, r), k, r)
-            for k, r in enumerate(greedy_routing(problem, items, ph) for ph in (False, True))
+            for k, r in enumerate(greedy_routing(problem, items, b) for b in (GREEDY, PER_HOST))
         )
     if greedy_s <= problem.lower_bound_s * (1 + 1e-9) or time_limit_s <= 0.05:
         return found
@@ -156,7 +156,9 @@ def solve_by_components(
     started = time.perf_counter()
     deadline = options.deadline if options.deadline is not None else started + options.time_limit_s
     greedy_deadline = started + (deadline - started) * GREEDY_SHARE
-    baseline = greedy(problem, replace(options, deadline=greedy_deadline))
+    # what the rest of the time can build and check
+    affordable = int((deadline - greedy_deadline) / CHECK_S_PER_MOVE)
+    baseline = greedy(problem, replace(options, deadline=greedy_deadline, max_moves=affordable))
     greedy_took_s = time.perf_counter() - started
     baseline_makespan = result_makespan_s(problem, baseline)
     if baseline_makespan <= problem.lower_bound_s * (1 + 1e-9):

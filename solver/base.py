@@ -22,6 +22,9 @@ class SolveOptions:
     #: `time.perf_counter()` by which a time-limited algorithm returns (`make_plan` sets it
     #: from `time_limit_s`, keeping time to build and check the plan); None: no deadline
     deadline: float | None = None
+    #: the most transfers a plan may have for it to be built and checked in time (the greedy
+    #: then prefers a plan with fewer parts); None: no such limit
+    max_moves: int | None = None
 
     def seconds_left(self) -> float:
         """Seconds until the deadline (the whole time limit when there is none)."""

@@ -20,8 +20,9 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +49,14 @@ REROUTE_MAX_ITEMS = 2000
 BASELINE_MAX_TILES = 20_000
 #: items shorter than this many latencies on a NIC are also tried bundled (see `bundle`)
 BUNDLE_LATENCIES = 40.0
+#: the greedy router's breadth, and with a move per remote host
+GREEDY = Breadth(narrow=True, per_host=False, split_share=GREEDY_SPLIT_SHARE, through=True)
+PER_HOST = replace(GREEDY, per_host=True)
+#: without splits: the fewest moves, for plans that must be built within a time limit
+UNSPLIT = replace(GREEDY, split_parts=())
+#: components of at most this many items also try splits through one entry, in these parts
+PIPELINE_MAX_ITEMS = 64
+PIPELINE_PARTS = (4, 8)
 
 
 class Router:
@@ -57,13 +66,11 @@ class Router:
     ranking (least-loaded send and receive rails first); the router's heuristics are scores
     over them (`best`, and `SPLIT_GAIN` for splits)."""
 
-    def __init__(self, problem: Problem, per_host: bool = False) -> None:
+    def __init__(self, problem: Problem, breadth: Breadth = GREEDY) -> None:
         self.problem = problem
         self.topo = problem.topology
         self.load = np.zeros(self.topo.num_ports)
-        self.breadth = Breadth(
-            narrow=True, per_host=per_host, split_share=GREEDY_SPLIT_SHARE, through=True
-        )
+        self.breadth = breadth
         self.ranking = Ranking(self._sender_load, self._entry_load)
 
     def _sender_load(self, device: int) -> float:
@@ -128,7 +135,10 @@ class Router:
 
 
 def route_all(
-    problem: Problem, items: Sequence[Item], per_host: bool = False, deadline: float | None = None
+    problem: Problem,
+    items: Sequence[Item],
+    breadth: Breadth = GREEDY,
+    deadline: float | None = None,
 ) -> list[list[tuple[Job, Recipe]]]:
     """The greedy's recipe for every job of every item.
 
@@ -136,7 +146,7 @@ def route_all(
     own taken off), so early items that grabbed idle rails give them back when later items need
     them more; this stops when a pass changes nothing, or at the `deadline` (perf_counter).
     """
-    router = Router(problem, per_host)
+    router = Router(problem, breadth)
     chosen = [router.route(i, item) for i, item in enumerate(items)]
     passes = REROUTE_PASSES if len(items) <= REROUTE_MAX_ITEMS else 0
     for _ in range(passes):
@@ -155,10 +165,13 @@ def route_all(
 
 
 def greedy_routing(
-    problem: Problem, items: Sequence[Item], per_host: bool = False, deadline: float | None = None
+    problem: Problem,
+    items: Sequence[Item],
+    breadth: Breadth = GREEDY,
+    deadline: float | None = None,
 ) -> Routing:
     """The router's recipes as a routing (each item whole on its recipe)."""
-    routed = route_all(problem, items, per_host, deadline)
+    routed = route_all(problem, items, breadth, deadline)
     return Routing([[(r, 1.0)] for per_item in routed for _, r in per_item])
 
 
@@ -173,34 +186,72 @@ class _Solved:
     routing: Routing
     bundled: bool
     makespan_s: float
+    num_moves: int
+
+    def better_than(self, other: _Solved | None, max_moves: int | None) -> bool:
+        """Shorter, among routings of at most `max_moves` moves; fewer moves, beyond."""
+        if other is None:
+            return True
+        if max_moves is not None and max(self.num_moves, other.num_moves) > max_moves:
+            return self.num_moves < other.num_moves
+        return self.makespan_s < other.makespan_s
 
 
 def _component_items(problem: Problem, items: list[Item], bundled: bool) -> list[Item]:
     return bundle(problem, items, BUNDLE_LATENCIES) if bundled else items
 
 
-def _solve(problem: Problem, items: list[Item], deadline: float | None) -> _Solved:
-    """Route and list-schedule one component's items, also with its small items bundled and,
-    on small components, with a move per remote host allowed; the shortest wins. Past the
-    `deadline` only the first of these is made, in one routing pass."""
+def variants(problem: Problem, items: Sequence[Item]) -> list[Breadth]:
+    """The router's breadths worth trying on a component: the greedy's; on components of at
+    most `REROUTE_MAX_ITEMS` items also a move per remote host; on components of at most
+    `PIPELINE_MAX_ITEMS` items with items that keep a rail busy, also splits in each of
+    `PIPELINE_PARTS` parts through one entry (when every host gathers such items, the relay
+    tail after the NIC shrinks with the part size, which a router scoring one item at a time
+    does not see)."""
+    found = [GREEDY]
+    if len(items) <= REROUTE_MAX_ITEMS:
+        found.append(PER_HOST)
+    large = GREEDY.split_share * problem.lower_bound_s * problem.topology.nic_bytes_per_s
+    if len(items) <= PIPELINE_MAX_ITEMS and any(item.num_bytes >= large for item in items):
+        found += [replace(GREEDY, split_parts=(n,), one_entry=True) for n in PIPELINE_PARTS]
+    return found
+
+
+def _solve(
+    problem: Problem, items: list[Item], deadline: float | None, max_moves: int | None = None
+) -> _Solved:
+    """Route and list-schedule one component's items with each of its `variants`, also with
+    its small items bundled; the shortest wins. Past the `deadline` only the first of these is
+    made, in one routing pass. With `max_moves`, routings with more moves lose to those with
+    fewer, and when the best still has too many, one without splits is made, even past the
+    deadline (the cheaper construction)."""
     sets = [(False, items)]
     bundled_items = _component_items(problem, items, True)
     if len(bundled_items) < len(items):
         sets.append((True, bundled_items))
-    variants = (False, True) if len(items) <= REROUTE_MAX_ITEMS else (False,)
     best: _Solved | None = None
     for bundled, its in sets:
-        for per_host in variants:
+        for breadth in variants(problem, its):
             if best is not None and _past(deadline):
-                return best
-            routing = greedy_routing(problem, its, per_host, deadline)
-            result = to_result(problem, its, routing)
-            routing.order = list(result.order)
-            makespan = result_makespan_s(problem, result)
-            if best is None or makespan < best.makespan_s:
-                best = _Solved(routing, bundled, makespan)
+                break
+            found = _routed(problem, its, bundled, breadth, deadline)
+            if found.better_than(best, max_moves):
+                best = found
     assert best is not None
+    if max_moves is not None and best.num_moves > max_moves:
+        found = _routed(problem, items, False, UNSPLIT, deadline)
+        if found.better_than(best, max_moves):
+            best = found
     return best
+
+
+def _routed(
+    problem: Problem, items: list[Item], bundled: bool, breadth: Breadth, deadline: float | None
+) -> _Solved:
+    routing = greedy_routing(problem, items, breadth, deadline)
+    result = to_result(problem, items, routing)
+    routing.order = list(result.order)
+    return _Solved(routing, bundled, result_makespan_s(problem, result), len(result.moves))
 
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
@@ -219,10 +270,15 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     comps = components(problem, items)
     solved: dict[tuple[object, ...], _Solved] = {}
 
+    copies = Counter(comp.signature for comp in comps)
+
     def routed(comp: Component) -> tuple[list[Item], Routing]:
         comp_items = [items[i] for i in comp.items]
         if comp.signature not in solved:
-            solved[comp.signature] = _solve(problem, comp_items, deadline)
+            # the moves of this component's kind, copied, are what the plan can afford
+            most = options.max_moves
+            most = None if most is None else most // (copies[comp.signature] * len(copies))
+            solved[comp.signature] = _solve(problem, comp_items, deadline, most)
         found = solved[comp.signature]
         return _component_items(problem, comp_items, found.bundled), found.routing
 

@@ -223,6 +223,11 @@ class Breadth:
     split_share: float = SPLIT_SHARE
     #: on multi-rail hosts also chains through all needers (`Recipe.through`)
     through: bool = False
+    #: the part counts split recipes are offered in
+    split_parts: tuple[int, ...] = SPLIT_PARTS
+    #: split parts follow one another through the same entries (the relays of each part run
+    #: behind the NIC while the next part arrives) instead of spreading over the entry rails
+    one_entry: bool = False
 
 
 def relay_styles(
@@ -269,8 +274,9 @@ def remote_recipes(
     the first needer of every host when all hosts have one needer or the breadth is narrow);
     with `per_host`, one move per host, the senders taking turns; with `breadth.through`, a
     chain through every needer from each sender (hosts of at most two needers); for items
-    that keep a rail busy `breadth.split_share` of the bound, splits in 2, 4, 8 parts, part j
-    through layout j."""
+    that keep a rail busy `breadth.split_share` of the bound, splits in `breadth.split_parts`
+    parts (at most one per sender or entry rail), part j through layout j, or with
+    `breadth.one_entry` every part through the first layout."""
     topo = problem.topology
     sources = senders(problem, item)
     entries = {h: entry_options(problem, h, ds) for h, ds in remote.items()}
@@ -319,10 +325,12 @@ def remote_recipes(
         ]
     if item.num_bytes / topo.nic_bytes_per_s >= breadth.split_share * problem.lower_bound_s:
         most = max(len(sources), min(len(e) for e in entries.values()))
-        for parts in SPLIT_PARTS:
-            if parts > most:
+        for parts in breadth.split_parts:
+            if parts > most and not breadth.one_entry:
                 break
             layouts = [{h: e[j % len(e)] for h, e in entries.items()} for j in range(parts)]
+            if breadth.one_entry:
+                layouts = relayed[:1] * parts
             for _, fanout in styles:
                 recipes.append(
                     delivery_recipe(
