@@ -29,6 +29,17 @@ def transfer_cost(
 def _route_shape(topo: Topology, src: int, dst: Sequence[int]) -> tuple[tuple[int, ...], int, int]:
     """The ports a transfer's route holds, its number of receiving hosts and its longest chain
     inside a host: all of its cost that does not depend on the bytes."""
+    if len(dst) == 1:  # one receiver (most transfers): one NIC hop or one NVLink hop
+        (d,) = dst
+        src_host, dst_host = topo.host_of[src], topo.host_of[d]
+        if src_host == dst_host:
+            hop = (topo.link_out_port(src), topo.link_in_port(d))
+            return tuple(sorted(hop)), 0, 1
+        nic = (
+            topo.send_port(src_host, topo.rail_of[src]),
+            topo.recv_port(dst_host, topo.rail_of[d]),
+        )
+        return tuple(sorted(nic)), 1, 0
     route = transfer_route(topo, src, dst)
     ports: set[int] = set()
     if route.chain_hosts:

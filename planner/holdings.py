@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 
 from planner.boxes import volume
-from planner.mesh import Box, mesh_coords, shard_intervals
+from planner.mesh import Box, Interval, axes_sharding, dim_intervals, mesh_coords
 from planner.request import Layout, MeshSpec
 
 
@@ -29,10 +29,7 @@ class Holding:
     listed: bool = False
 
 
-def _placement_holding(
-    shape: tuple[int, ...], mesh: MeshSpec, layout: Layout, coord: tuple[int, ...]
-) -> Holding:
-    per_dim = shard_intervals(shape, mesh.shape, layout.placements, coord)
+def _placement_holding(per_dim: tuple[tuple[Interval, ...], ...]) -> Holding:
     local_shape = tuple(sum(hi - lo for lo, hi in ivs) for ivs in per_dim)
     offsets = [
         list(itertools.accumulate((hi - lo for lo, hi in ivs), initial=0)) for ivs in per_dim
@@ -59,8 +56,19 @@ def holdings(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout) -> dict[int
     """The holding of every device of `layout`'s mesh."""
     if layout.blocks is not None:
         return {d: _block_holding(b) for d, b in zip(mesh.devices, layout.blocks, strict=True)}
-    coords = mesh_coords(mesh.shape)
-    return {
-        d: _placement_holding(shape, mesh, layout, tuple(int(c) for c in coords[i]))
-        for i, d in enumerate(mesh.devices)
-    }
+    coords = mesh_coords(mesh.shape).tolist()
+    # a dim's intervals depend only on the coordinates along the axes that shard it
+    axes = [axes_sharding(layout.placements, dim) for dim in range(len(shape))]
+    known: list[dict[tuple[int, ...], tuple[Interval, ...]]] = [{} for _ in shape]
+    out = {}
+    for d, coord in zip(mesh.devices, coords, strict=True):
+        per_dim = []
+        for dim, n in enumerate(shape):
+            key = tuple(coord[a] for a in axes[dim])
+            intervals = known[dim].get(key)
+            if intervals is None:
+                intervals = dim_intervals(n, mesh.shape, layout.placements, dim, coord)
+                known[dim][key] = intervals
+            per_dim.append(intervals)
+        out[d] = _placement_holding(tuple(per_dim))
+    return out

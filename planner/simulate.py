@@ -108,16 +108,17 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
 
 
 def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> str | None:
-    if tr.src not in known:
-        return f"src {tr.src} is in neither mesh"
-    if not tr.dst:
+    src, dst = tr.src, tr.dst
+    if src not in known:
+        return f"src {src} is in neither mesh"
+    if not dst:
         return "dst is empty"
-    if len(set(tr.dst)) != len(tr.dst):
-        return f"dst {list(tr.dst)} lists a device twice"
-    if tr.src in tr.dst:
-        return f"dst {list(tr.dst)} contains the sender {tr.src}"
+    if len(dst) > 1 and len(set(dst)) != len(dst):
+        return f"dst {list(dst)} lists a device twice"
     dst_devices = problem.dst_devices
-    for d in tr.dst:
+    for d in dst:
+        if d == src:
+            return f"dst {list(dst)} contains the sender {src}"
         if d not in dst_devices:
             return f"dst device {d} is in no destination mesh"
     if not tr.pieces:
@@ -127,11 +128,17 @@ def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> 
         if not 0 <= piece.tensor < len(tensors):
             return f"no tensor {piece.tensor} (request has {len(tensors)})"
         shape = tensors[piece.tensor].shape
-        if len(piece.box) != len(shape) or any(
-            not 0 <= lo < hi <= n for (lo, hi), n in zip(piece.box, shape, strict=True)
-        ):
+        if len(piece.box) != len(shape) or not _inside(piece.box, shape):
             return f"box {list(map(list, piece.box))} is empty or outside shape {list(shape)}"
     return None
+
+
+def _inside(box: Box, shape: Sequence[int]) -> bool:
+    """Whether every interval of `box` is non-empty and inside its dim of `shape`."""
+    for (lo, hi), n in zip(box, shape, strict=True):  # noqa: SIM110 (a loop is faster)
+        if not 0 <= lo < hi <= n:
+            return False
+    return True
 
 
 class _Holdings:

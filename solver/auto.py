@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.backends import MissingBackend, backend
-from solver.base import SolveOptions, SolveResult
+from solver.base import PLAN_SOLVER_SHARE, SolveOptions, SolveResult
 from solver.components import Component, assemble, components
 from solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
 from solver.items import Item, coalesce
@@ -40,9 +40,10 @@ SOLVER_SHARE = {"cpsat": 0.5, "milp": 0.85}
 SEARCH_MAX_MOVES = 3000
 #: share of the time limit the greedy start may take (its optional variants stop there)
 GREEDY_SHARE = 0.4
-#: seconds `make_plan` takes per transfer to build and check a plan (measured: 35-60 us on
-#: plans of 10^4-10^5 transfers, `benchmarks/solver_scaling.py`)
-CHECK_S_PER_MOVE = 60e-6
+#: seconds `make_plan` takes per transfer to build and check a plan (measured with
+#: `benchmarks/solver_scaling.py`: 35-41 us on gather boundaries of 6.5 x 10^4-1.3 x 10^5
+#: transfers, up to 60 us on a first plan of 16,384 GPUs)
+CHECK_S_PER_MOVE = 45e-6
 #: a component is not started with less time left than this
 MIN_COMPONENT_S = 0.05
 #: a solver is started only with this many times the expected model-building time left:
@@ -156,8 +157,9 @@ def solve_by_components(
     started = time.perf_counter()
     deadline = options.deadline if options.deadline is not None else started + options.time_limit_s
     greedy_deadline = started + (deadline - started) * GREEDY_SHARE
-    # what the rest of the time can build and check
-    affordable = int((deadline - greedy_deadline) / CHECK_S_PER_MOVE)
+    # what the rest of the time limit (beyond the solvers' share of it) can build and check
+    limit_ends = deadline + options.time_limit_s * (1 - PLAN_SOLVER_SHARE)
+    affordable = int((limit_ends - greedy_deadline) / CHECK_S_PER_MOVE)
     baseline = greedy(problem, replace(options, deadline=greedy_deadline, max_moves=affordable))
     greedy_took_s = time.perf_counter() - started
     baseline_makespan = result_makespan_s(problem, baseline)
@@ -208,6 +210,12 @@ def solve_by_components(
         return [items[i] for i in comp.items], routing
 
     moves, order = assemble(problem, comps, routed)
+    if len(moves) > max(affordable, len(baseline.moves)):
+        baseline.notes += [
+            *notes,
+            f"greedy plan kept: {len(moves)} moves would not be checked in time",
+        ]
+        return baseline
     num_ports = problem.topology.num_ports
     schedule = in_order(moves, num_ports, order)
     if len(moves) <= SEARCH_MAX_MOVES:

@@ -10,6 +10,10 @@ from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.moves import Move
 
+#: the share of a time limit `make_plan` gives a time-limited algorithm (the rest is for
+#: building and checking its plan)
+PLAN_SOLVER_SHARE = 0.8
+
 
 @dataclass(frozen=True)
 class SolveOptions:
@@ -46,6 +50,8 @@ class SolveResult:
     status: SolveStatus = SolveStatus.HEURISTIC
     best_bound_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: the port-v1 makespan of the moves in this order, once worked out
+    makespan_s: float | None = None
 
 
 Algorithm = Callable[[Problem, SolveOptions], SolveResult]

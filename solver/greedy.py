@@ -283,9 +283,10 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
         return _component_items(problem, comp_items, found.bundled), found.routing
 
     moves, order = assemble(problem, comps, routed)
+    # components share no port: the plan takes as long as its longest component
     makespan = max((found.makespan_s for found in solved.values()), default=0.0)
     notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
-    best = SolveResult(moves, order, SolveStatus.HEURISTIC, None, notes)
+    best = SolveResult(moves, order, SolveStatus.HEURISTIC, None, notes, makespan)
     if len(problem.tiles) > BASELINE_MAX_TILES:
         return best
     for name, baseline in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):

@@ -14,7 +14,7 @@ from planner.simulate import simulate
 from solver.alpa_order import alpa_order
 from solver.auto import auto, solve_by_components
 from solver.backends import BACKENDS, MissingBackend, backend
-from solver.base import Algorithm, SolveOptions, SolveResult
+from solver.base import PLAN_SOLVER_SHARE, Algorithm, SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
 from solver.greedy import greedy
 from solver.search import search
@@ -54,10 +54,8 @@ ALGORITHMS: dict[str, tuple[Algorithm, str]] = {
 }
 
 
-#: the algorithms that return by the time limit, and the share of it they get (the rest is
-#: for building and checking the plan)
+#: the algorithms that return by the time limit (with `PLAN_SOLVER_SHARE` of it)
 TIME_LIMITED = frozenset({"auto", "cpsat", "milp", "search"})
-SOLVER_SHARE = 0.8
 #: seconds per request tensor that building and checking a plan takes beyond the solver's
 #: moves (measured: 4-10 us on refits of 25,000-100,000 tensors)
 PLAN_S_PER_TENSOR = 10e-6
@@ -90,7 +88,7 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     if name in TIME_LIMITED:
         # building the plan takes time per tensor too (pieces of every stacked tensor)
         reserve_s = len(problem.request.tensors) * PLAN_S_PER_TENSOR
-        limit_s = options.time_limit_s * SOLVER_SHARE - reserve_s
+        limit_s = options.time_limit_s * PLAN_SOLVER_SHARE - reserve_s
         options = replace(options, deadline=started + max(0.0, limit_s))
     stacked = problem.stacked if name in PLAN_STACKED else None
     work = stacked[0] if stacked is not None else problem

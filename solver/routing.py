@@ -91,8 +91,11 @@ def realize(
 
 
 def result_makespan_s(problem: Problem, result: SolveResult) -> float:
-    """The port-v1 makespan of a solver result's moves in its order."""
-    return in_order(result.moves, problem.topology.num_ports, result.order).makespan_s
+    """The port-v1 makespan of a solver result's moves in its order (worked out once)."""
+    if result.makespan_s is None:
+        schedule = in_order(result.moves, problem.topology.num_ports, result.order)
+        result.makespan_s = schedule.makespan_s
+    return result.makespan_s
 
 
 def to_result(problem: Problem, items: Sequence[Item], routing: Routing) -> SolveResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -13,7 +14,8 @@ from planner.synthetic_scale import boundary_request
 from solver import SolveOptions, make_plan
 from solver.auto import auto
 from solver.greedy import greedy
-from tests.conftest import problem_of
+from solver.order import in_order
+from tests.conftest import CASES_DIR, problem_of
 
 
 def test_identical_host_pairs_are_routed_once_and_replayed(plancheck: Any) -> None:
@@ -90,3 +92,18 @@ def test_a_move_budget_gives_the_plan_with_fewest_moves() -> None:
     assert simulate(problem, [tight.moves[i].to_transfer() for i in tight.order]).valid
     host_pairs, sources_per_host, moves_per_piece = 2, 8, 1 + 7  # over the NIC, then relayed
     assert len(tight.moves) == host_pairs * sources_per_host * moves_per_piece
+
+
+@pytest.mark.parametrize(
+    "request_json",
+    [*(json.loads(path.read_text()) for path in sorted(CASES_DIR.glob("*.json"))),
+     boundary_request(3, batch=12)],
+)  # fmt: skip
+def test_the_greedy_reports_the_makespan_of_its_order(request_json: dict[str, Any]) -> None:
+    """The greedy's makespan comes from its components' schedules (identical ones are not
+    scheduled again): the list schedule of the assembled moves in its order agrees."""
+    problem = problem_of(request_json)
+    result = greedy(problem, SolveOptions())
+    assert result.makespan_s is not None
+    again = in_order(result.moves, problem.topology.num_ports, result.order).makespan_s
+    assert result.makespan_s == pytest.approx(again, rel=1e-12)
