@@ -87,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(_summary(plan))
     if args.output:
         with collection_paused():
-            Path(args.output).write_text(json.dumps(plan.to_json(), separators=(",", ":")))
+            Path(args.output).write_text(plan.to_json_text())
         print(f"plan written to {args.output}")
     if args.trace:
         from api.render import write_trace

@@ -79,7 +79,7 @@ def plan_once(request: dict[str, Any], algorithm: str, time_limit_s: float) -> d
     plan, wall_s = timed(
         lambda: make_plan(problem, algorithm, SolveOptions(time_limit_s=time_limit_s))
     )
-    written, write_s = timed(lambda: json.dumps(plan.to_json(), separators=(",", ":")))
+    written, write_s = timed(plan.to_json_text)
     return {
         "tensors": len(problem.request.tensors),
         "devices": sum(len(h) for h in problem.request.cluster.hosts),
