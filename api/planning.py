@@ -19,7 +19,7 @@ from typing import Any
 
 from api.cache import PlanCache
 from api.metrics import Metrics
-from planner import build_problem, parse_request
+from planner import build_problem
 from planner.request import Request
 from planner.summary import summarize
 from solver import ALGORITHMS, SolveOptions, make_plan, plan_request
@@ -36,16 +36,16 @@ class SolverCrashed(RuntimeError):
     """A solver process died (killed, out of memory); the pool was replaced."""
 
 
-def solve_request(request_json: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """In a pool process: the plan JSON and the solve's wall time."""
+def solve_request(request: Request) -> tuple[dict[str, Any], float]:
+    """In a pool process: the plan JSON and the solve's wall time. The request comes checked
+    (`Request` pickles compactly), so it is not parsed again."""
     started = time.perf_counter()
-    plan = plan_request(parse_request(request_json))
+    plan = plan_request(request)
     return plan.to_json(), time.perf_counter() - started
 
 
-def compare_request(request_json: dict[str, Any]) -> list[dict[str, Any]]:
+def compare_request(request: Request) -> list[dict[str, Any]]:
     """In a pool process: every algorithm's plan summarised."""
-    request = parse_request(request_json)
     problem = build_problem(request)
     options = SolveOptions(request.options.time_limit_s, request.options.seed)
     return [
@@ -124,7 +124,7 @@ class Planner:
         return plan, not solved
 
     async def _solve_once(self, request: Request) -> tuple[dict[str, Any], bool]:
-        request_id, request_json = request.request_id, request.to_json()
+        request_id = request.request_id
         ttl_s = 3 * request.options.time_limit_s + 120
         while True:
             if await asyncio.to_thread(self.cache.claim, request_id, self.owner, ttl_s):
@@ -132,7 +132,9 @@ class Planner:
                     cached = await asyncio.to_thread(self.cache.get, request_id)
                     if cached is not None:  # finished just before the claim
                         return cached, False
-                    plan, seconds = await self._in_pool(solve_request, request_json)
+                    plan, seconds = await self._in_pool(solve_request, request)
+                    # the request's canonical JSON is stored with its plan (built off the loop)
+                    request_json = await asyncio.to_thread(request.to_json)
                     await asyncio.to_thread(self.cache.put, request_id, plan, request_json)
                     self.metrics.plans_solved.labels(plan["algorithm"]).inc()
                     self.metrics.solve_seconds.observe(seconds)
@@ -145,7 +147,7 @@ class Planner:
                 return cached, False
 
     async def compare(self, request: Request) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._in_pool(compare_request, request.to_json())
+        rows: list[dict[str, Any]] = await self._in_pool(compare_request, request)
         return rows
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from api.cache.base import CachedPlan, CacheError
+from api.cache.base import CachedPlan, CacheError, decoded
 
 _PREFIX = "meshcast:"
 
@@ -31,7 +31,7 @@ class RedisCache:
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         raw = self._redis.hget(f"{_PREFIX}plan:{request_id}", "plan")
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else dict(decoded(raw))
 
     def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
         key = f"{_PREFIX}plan:{request_id}"
@@ -45,14 +45,14 @@ class RedisCache:
         plan, request = self._redis.hmget(f"{_PREFIX}plan:{request_id}", ["plan", "request"])
         if plan is None:
             return None
-        return CachedPlan(request_id, json.loads(plan), json.loads(request or "null"))
+        return CachedPlan(request_id, decoded(plan), decoded(request or "null"))
 
     def entries(self) -> Iterator[CachedPlan]:
         for raw_id in sorted(self._redis.sscan_iter(f"{_PREFIX}plans")):
             request_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             plan, request = self._redis.hmget(f"{_PREFIX}plan:{request_id}", ["plan", "request"])
             if plan is not None:
-                yield CachedPlan(request_id, json.loads(plan), json.loads(request or "null"))
+                yield CachedPlan(request_id, decoded(plan), decoded(request or "null"))
 
     def claim(self, request_id: str, owner: str, ttl_s: float) -> bool:
         key = f"{_PREFIX}claim:{request_id}"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api.cache.base import CachedPlan, CacheError
+from api.cache.base import CachedPlan, CacheError, decoded
 
 log = logging.getLogger("meshcast.cache")
 
@@ -86,7 +86,7 @@ class SqliteCache:
             row = self._db.execute(
                 "SELECT plan FROM plans WHERE request_id = ?", (request_id,)
             ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else dict(decoded(row[0]))
 
     def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
         text = json.dumps(request) if request is not None else None
@@ -103,7 +103,7 @@ class SqliteCache:
             ).fetchone()
         if row is None:
             return None
-        return CachedPlan(request_id, json.loads(row[0]), json.loads(row[1]) if row[1] else None)
+        return CachedPlan(request_id, decoded(row[0]), decoded(row[1]) if row[1] else None)
 
     def entries(self) -> Iterator[CachedPlan]:
         with self._lock:
@@ -111,7 +111,7 @@ class SqliteCache:
                 "SELECT request_id, plan, request FROM plans ORDER BY created_at"
             ).fetchall()
         for request_id, plan, request in rows:
-            yield CachedPlan(request_id, json.loads(plan), json.loads(request) if request else None)
+            yield CachedPlan(request_id, decoded(plan), decoded(request) if request else None)
 
     def claim(self, request_id: str, owner: str, ttl_s: float) -> bool:
         now = time.time()

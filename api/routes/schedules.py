@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter
 from pydantic import ValidationError
 
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
 from api.routes.plans import (
     ERRORS,
+    RawBody,
     accepted_request,
     json_value,
     unavailable,
@@ -24,7 +25,6 @@ from pipeline.simulate import Timing, simulate
 from planner.plan import Plan
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
-JsonBody = Annotated[Any, Body()]
 
 
 class ScheduleQuery(ScheduleBody):
@@ -49,10 +49,11 @@ def _per_stage(name: str, value: float | list[float], stages: int) -> list[float
     response_model=ScheduleAnswer,
     responses=ERRORS,
 )
-async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) -> dict[str, Any]:
+async def schedules(settings: SettingsDep, planner: PlannerDep, body: RawBody) -> dict[str, Any]:
     """Simulate GPipe, 1F1B and eager-1F1B; boundary transfers take their plans' makespans."""
+    value = await asyncio.to_thread(json_value, body)
     try:
-        query = ScheduleQuery.model_validate(json_value(body))
+        query = ScheduleQuery.model_validate(value)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -72,10 +73,13 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: JsonBody) 
             raise unprocessable(
                 "boundaries", f"expected {query.stages - 1} requests, got {len(query.boundaries)}"
             )
-        requests = [
-            accepted_request(raw, settings, field_prefix=f"boundaries[{k}].")
-            for k, raw in enumerate(query.boundaries)
-        ]
+        boundaries_json = query.boundaries
+        requests = await asyncio.to_thread(
+            lambda: [
+                accepted_request(raw, settings, field_prefix=f"boundaries[{k}].")
+                for k, raw in enumerate(boundaries_json)
+            ]
+        )
         plans = []
         try:
             for request in requests:
