@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from planner.route import transfer_route
+from planner.route import Route, transfer_route
 from planner.topology import Topology
 
 
@@ -41,6 +41,12 @@ def _route_shape(topo: Topology, src: int, dst: Sequence[int]) -> tuple[tuple[in
         )
         return tuple(sorted(nic)), 1, 0
     route = transfer_route(topo, src, dst)
+    return route_ports(topo, route), len(route.chain_hosts), route.most_intra_hops
+
+
+def route_ports(topo: Topology, route: Route) -> tuple[int, ...]:
+    """The ports `route` holds (DESIGN §3), sorted."""
+    src = route.src
     ports: set[int] = set()
     if route.chain_hosts:
         ports.add(topo.send_port(topo.host_of[src], topo.rail_of[src]))
@@ -53,4 +59,4 @@ def _route_shape(topo: Topology, src: int, dst: Sequence[int]) -> tuple[tuple[in
     for a, b in route.intra_hops:
         ports.add(topo.link_out_port(a))
         ports.add(topo.link_in_port(b))
-    return tuple(sorted(ports)), len(route.chain_hosts), route.most_intra_hops
+    return tuple(sorted(ports))

@@ -204,16 +204,13 @@ class Request:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        """Pickled as one bytes object, unpickled with the cyclic collector paused: a request
-        of 10^5 tensors goes to a solver process in 0.4 s instead of 1.4 s (or 2 s as JSON
-        parsed again), its id included."""
+        """Pickled as one bytes object, unpickled with the cyclic collector paused, its id
+        included: a request of 10^5 tensors unpickles in about 0.6 s instead of 1.4 s (as JSON
+        parsed again: 2 s)."""
         fields = (self.tensors, self.meshes, self.cluster, self.options)
         with collection_paused():
-            state = pickle.dumps((fields, self.__dict__.get("request_id")), PICKLE_PROTOCOL)
+            state = pickle.dumps((fields, self.__dict__.get("request_id")), pickle.HIGHEST_PROTOCOL)
         return _unpickled_request, (state,)
-
-
-PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def _unpickled_request(state: bytes) -> Request:

@@ -185,7 +185,7 @@ class _Holdings:
             src_boxes = problem.src_boxes(ti)
             for d, targets in problem.dst_boxes(ti).items():
                 boxes = self.held.get((ti, d))
-                cover = list(boxes.boxes) if boxes is not None else list(src_boxes.get(d, ()))
+                cover = boxes.boxes if boxes is not None else src_boxes.get(d, ())
                 for target in targets:
                     if boxes.covers(target) if boxes is not None else covers(target, cover):
                         continue

@@ -10,7 +10,8 @@
      one entry device per host, which relays inside the host (store and forward, NVLink only);
    - an item that alone would keep a rail busy for a large share of the bound is also tried
      split across senders and entry rails, each part all-gathered inside every receiving host;
-     the split is kept when it finishes the item at least 1% sooner.
+     the split is kept when it finishes the item at least 1% sooner; on small components the
+     whole routing is also tried with splits sent through one entry (`variants`).
 3. Order: non-delay list schedules under port-v1 with a few priority rules, the best kept.
 4. Independent components (no shared host) are planned apart; identical ones (a pipeline
    boundary's host pairs) once, their moves and order copied onto the others.
@@ -33,7 +34,7 @@ from solver.base import SolveOptions, SolveResult
 from solver.baselines import broadcast_lb, sendrecv
 from solver.components import Component, assemble, components
 from solver.items import Item, bundle, coalesce
-from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs
+from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs, rail_filling
 from solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
@@ -211,8 +212,9 @@ def variants(problem: Problem, items: Sequence[Item]) -> list[Breadth]:
     found = [GREEDY]
     if len(items) <= REROUTE_MAX_ITEMS:
         found.append(PER_HOST)
-    large = GREEDY.split_share * problem.lower_bound_s * problem.topology.nic_bytes_per_s
-    if len(items) <= PIPELINE_MAX_ITEMS and any(item.num_bytes >= large for item in items):
+    if len(items) <= PIPELINE_MAX_ITEMS and any(
+        rail_filling(problem, item, GREEDY.split_share) for item in items
+    ):
         found += [replace(GREEDY, split_parts=(n,), one_entry=True) for n in PIPELINE_PARTS]
     return found
 
@@ -269,15 +271,15 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     items = coalesce(problem)
     comps = components(problem, items)
     solved: dict[tuple[object, ...], _Solved] = {}
-
     copies = Counter(comp.signature for comp in comps)
 
     def routed(comp: Component) -> tuple[list[Item], Routing]:
         comp_items = [items[i] for i in comp.items]
         if comp.signature not in solved:
-            # the moves of this component's kind, copied, are what the plan can afford
-            most = options.max_moves
-            most = None if most is None else most // (copies[comp.signature] * len(copies))
+            # each kind of component gets an equal share of the budget, over all its copies
+            most = None
+            if options.max_moves is not None:
+                most = options.max_moves // (copies[comp.signature] * len(copies))
             solved[comp.signature] = _solve(problem, comp_items, deadline, most)
         found = solved[comp.signature]
         return _component_items(problem, comp_items, found.bundled), found.routing

@@ -323,7 +323,7 @@ def remote_recipes(
             )
             for s in sources
         ]
-    if item.num_bytes / topo.nic_bytes_per_s >= breadth.split_share * problem.lower_bound_s:
+    if rail_filling(problem, item, breadth.split_share):
         most = max(len(sources), min(len(e) for e in entries.values()))
         for parts in breadth.split_parts:
             if parts > most and not breadth.one_entry:
@@ -338,6 +338,12 @@ def remote_recipes(
                     )
                 )
     return recipes
+
+
+def rail_filling(problem: Problem, item: Item, share: float) -> bool:
+    """Whether `item` alone keeps a NIC rail busy `share` of the lower bound (split recipes are
+    offered for those)."""
+    return item.num_bytes / problem.topology.nic_bytes_per_s >= share * problem.lower_bound_s
 
 
 def item_jobs(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 
 from planner import build_problem, parse_request
-from planner.cost import transfer_cost
+from planner.cost import route_ports, transfer_cost
 from planner.route import transfer_route
 
 REQUEST = {
@@ -80,22 +79,6 @@ def test_a_transfer_inside_the_senders_host_has_no_inter_host_hops() -> None:
     assert route.inter_hops == () and route.links() == {0: (None, [2]), 2: (0, [])}
 
 
-def _ports_of_route(topo: Any, src: int, dst: list[int]) -> tuple[int, ...]:
-    """The ports DESIGN §3 names for a route, from the route itself."""
-    route = transfer_route(topo, src, dst)
-    ports: set[int] = set()
-    if route.chain_hosts:
-        ports.add(topo.send_port(topo.host_of[src], topo.rail_of[src]))
-        last = len(route.chain_hosts) - 1
-        for i, (h, entry) in enumerate(zip(route.chain_hosts, route.entries, strict=True)):
-            ports.add(topo.recv_port(h, topo.rail_of[entry]))
-            if i < last:
-                ports.add(topo.send_port(h, topo.rail_of[entry]))
-    for a, b in route.intra_hops:
-        ports.update((topo.link_out_port(a), topo.link_in_port(b)))
-    return tuple(sorted(ports))
-
-
 @pytest.mark.parametrize("duplex", ["full", "half"])
 def test_one_receiver_costs_what_its_route_says(duplex: str) -> None:
     """Transfers to one device (most of every plan) are priced without building the route:
@@ -104,7 +87,7 @@ def test_one_receiver_costs_what_its_route_says(duplex: str) -> None:
     topo = build_problem(parse_request(request)).topology
     for src, dst in itertools.permutations(range(8), 2):
         duration, ports = transfer_cost(topo, 1 << 20, src, [dst])
-        assert ports == _ports_of_route(topo, src, [dst])
+        assert ports == route_ports(topo, transfer_route(topo, src, [dst]))
         remote = topo.host_of[src] != topo.host_of[dst]
         speed = topo.nic_bytes_per_s if remote else topo.intra_bytes_per_s
         assert duration == (1 << 20) / speed + topo.latency_s
