@@ -84,7 +84,7 @@ def _warm_one(path: Path, cache: PlanCache, args: argparse.Namespace) -> dict[st
     limit = args.time_limit or request.options.time_limit_s
     started = time.perf_counter()
     plan = make_plan(build_problem(request), algorithm, SolveOptions(limit, request.options.seed))
-    cache.put(request.request_id, plan.to_json(), request.to_json())
+    cache.put(request.request_id, plan.to_json_text(), request.to_json(), plan.algorithm)
     seconds = time.perf_counter() - started
     return {
         "outcome": "planned",
@@ -165,7 +165,7 @@ def cmd_cache_import(args: argparse.Namespace) -> int:
                 print(f"skipped {err}", file=sys.stderr)
                 failed += 1
                 continue
-            cache.put(request_id, plan, request)
+            cache.put(request_id, json.dumps(plan), request, str(plan.get("algorithm", "")))
             imported += 1
     finally:
         cache.close()

@@ -15,11 +15,13 @@ import time
 import uuid
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 from api.cache import PlanCache
 from api.metrics import Metrics
 from planner import build_problem
+from planner.bulk import collection_paused
 from planner.request import Request
 from planner.summary import summarize
 from solver import ALGORITHMS, SolveOptions, make_plan, plan_request
@@ -36,12 +38,23 @@ class SolverCrashed(RuntimeError):
     """A solver process died (killed, out of memory); the pool was replaced."""
 
 
-def solve_request(request: Request) -> tuple[dict[str, Any], float]:
-    """In a pool process: the plan JSON and the solve's wall time. The request comes checked
-    (`Request` pickles compactly), so it is not parsed again."""
+@dataclass(frozen=True)
+class PlanText:
+    """A plan as its JSON text (what is cached and answered, passed between processes as
+    one string), and the algorithm that made it."""
+
+    text: str
+    algorithm: str
+
+
+def solve_request(request: Request) -> tuple[PlanText, float]:
+    """In a pool process: the plan's JSON text and the solve's wall time. The request comes
+    checked (`Request` pickles compactly), so it is not parsed again."""
     started = time.perf_counter()
     plan = plan_request(request)
-    return plan.to_json(), time.perf_counter() - started
+    with collection_paused():
+        text = plan.to_json_text()
+    return PlanText(text, plan.algorithm), time.perf_counter() - started
 
 
 def compare_request(request: Request) -> list[dict[str, Any]]:
@@ -66,7 +79,7 @@ class Planner:
         self.cache, self.metrics = cache, metrics
         self.num_processes, self.max_pending = num_processes, max_pending
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._inflight: dict[str, asyncio.Future[str]] = {}
         self._closed = False
         self._pool = self._new_pool()
 
@@ -96,8 +109,9 @@ class Planner:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise SolverCrashed("a solver process died; the pool was restarted") from None
 
-    async def plan(self, request: Request) -> tuple[dict[str, Any], bool]:
-        """The plan of `request` and whether it came without solving here (a cache hit)."""
+    async def plan(self, request: Request) -> tuple[str, bool]:
+        """The plan of `request` (its JSON text) and whether it came without solving here (a
+        cache hit)."""
         request_id = request.request_id
         cached = await asyncio.to_thread(self.cache.get, request_id)
         if cached is not None:
@@ -109,7 +123,7 @@ class Planner:
             return plan, True
         if len(self._inflight) >= self.max_pending:
             raise Overloaded(f"{len(self._inflight)} distinct requests are being solved")
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = future
         try:
             plan, solved = await self._solve_once(request)
@@ -123,7 +137,7 @@ class Planner:
         (self.metrics.cache_misses if solved else self.metrics.cache_hits).inc()
         return plan, not solved
 
-    async def _solve_once(self, request: Request) -> tuple[dict[str, Any], bool]:
+    async def _solve_once(self, request: Request) -> tuple[str, bool]:
         request_id = request.request_id
         ttl_s = 3 * request.options.time_limit_s + 120
         while True:
@@ -135,10 +149,12 @@ class Planner:
                     plan, seconds = await self._in_pool(solve_request, request)
                     # the request's canonical JSON is stored with its plan (built off the loop)
                     request_json = await asyncio.to_thread(request.to_json)
-                    await asyncio.to_thread(self.cache.put, request_id, plan, request_json)
-                    self.metrics.plans_solved.labels(plan["algorithm"]).inc()
+                    await asyncio.to_thread(
+                        self.cache.put, request_id, plan.text, request_json, plan.algorithm
+                    )
+                    self.metrics.plans_solved.labels(plan.algorithm).inc()
                     self.metrics.solve_seconds.observe(seconds)
-                    return plan, True
+                    return plan.text, True
                 finally:
                     await asyncio.to_thread(self.cache.release, request_id, self.owner)
             await asyncio.sleep(POLL_S)  # another process solves it

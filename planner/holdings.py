@@ -30,6 +30,9 @@ class Holding:
 
 
 def _placement_holding(per_dim: tuple[tuple[Interval, ...], ...]) -> Holding:
+    if all(len(ivs) == 1 for ivs in per_dim):  # one box (no strided shard): the common case
+        box = tuple(ivs[0] for ivs in per_dim)
+        return Holding((tuple(hi - lo for lo, hi in box),), (box,), ((0, (0,) * len(box)),))
     local_shape = tuple(sum(hi - lo for lo, hi in ivs) for ivs in per_dim)
     offsets = [
         list(itertools.accumulate((hi - lo for lo, hi in ivs), initial=0)) for ivs in per_dim

@@ -12,7 +12,7 @@ the geometry of earlier deliveries, and reports every validity error it meets.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from planner.boxes import TimedBoxes, contains, covers, uncovered_volume
@@ -52,14 +52,21 @@ class Simulation:
     errors: list[str] = field(default_factory=list)
     #: seconds each port (by number, `Topology.port_name`) is held, over the whole plan
     port_busy_s: list[float] = field(default_factory=list)
+    #: bytes each transfer sends between hosts
+    transfer_wire_bytes: list[int] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
         return not self.errors
 
 
-def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
-    """List-schedule `transfers` in order under port-v1 and check that each piece is held."""
+def simulate(
+    problem: Problem, transfers: Sequence[Transfer], copied: Collection[int] = ()
+) -> Simulation:
+    """List-schedule `transfers` in order under port-v1 and check that each piece is held.
+
+    Devices in `copied` are not checked for coverage: they belong to copies of components
+    these transfers plan (`planner.replicas`), whose transfers are not among them."""
     topo = problem.topology
     clock = PortClock(topo.num_ports)
     known = problem.src_devices | problem.dst_devices
@@ -69,6 +76,7 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
     makespan = 0.0
     wire_bytes = 0
     busy = [0.0] * topo.num_ports
+    wires: list[int] = []
     host_of = topo.host_of
     for k, tr in enumerate(transfers):
         problem_here = _transfer_problem(problem, tr, known)
@@ -89,6 +97,7 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
         if problem_here is not None:
             errors.append(f"transfer {k}: {problem_here}")
             times.append((math.nan, math.nan))
+            wires.append(0)
             continue
         duration, ports = transfer_cost(topo, num_bytes, tr.src, tr.dst)
         start, end = clock.place(duration, ports, ready)
@@ -102,9 +111,11 @@ def simulate(problem: Problem, transfers: Sequence[Transfer]) -> Simulation:
                 holdings.deliver(piece.tensor, d, piece.box, end)
         src_host = host_of[tr.src]
         remote = {host_of[d] for d in tr.dst}
-        wire_bytes += num_bytes * (len(remote) - (src_host in remote))
-    errors.extend(holdings.coverage_errors())
-    return Simulation(times, makespan, wire_bytes, errors, busy)
+        wire = num_bytes * (len(remote) - (src_host in remote))
+        wire_bytes += wire
+        wires.append(wire)
+    errors.extend(holdings.coverage_errors(frozenset(copied)))
+    return Simulation(times, makespan, wire_bytes, errors, busy, wires)
 
 
 def _transfer_problem(problem: Problem, tr: Transfer, known: frozenset[int]) -> str | None:
@@ -178,12 +189,15 @@ class _Holdings:
     def deliver(self, tensor: int, device: int, box: Box, time_s: float) -> None:
         self._timed(tensor, device).add(box, time_s)
 
-    def coverage_errors(self) -> list[str]:
-        """One error per destination device that misses part of its destination shard."""
+    def coverage_errors(self, skipped: frozenset[int] = frozenset()) -> list[str]:
+        """One error per destination device (but those `skipped`) that misses part of its
+        destination shard."""
         problem, errors = self.problem, []
         for ti, spec in enumerate(problem.request.tensors):
             src_boxes = problem.src_boxes(ti)
             for d, targets in problem.dst_boxes(ti).items():
+                if d in skipped:
+                    continue
                 boxes = self.held.get((ti, d))
                 cover = boxes.boxes if boxes is not None else src_boxes.get(d, ())
                 for target in targets:

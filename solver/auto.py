@@ -2,7 +2,7 @@
 
 1. The greedy plan (with its `broadcast-lb` and `sendrecv` fallbacks) is the plan to beat.
 2. The request is split into independent components (no shared host, so no shared port);
-   identical components are solved once and their moves copied onto the others.
+   identical components are solved once and the others returned as its copies.
 3. Each distinct component goes to CP-SAT when its model is small enough to search in its
    share of the time limit, else to the MILP when that is small enough, else stays greedy;
    the solver's routing is kept only where it beats the greedy routing of that component.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.backends import MissingBackend, backend
-from solver.base import PLAN_SOLVER_SHARE, SolveOptions, SolveResult
+from solver.base import CHECK_S_PER_MOVE, PLAN_SOLVER_SHARE, SolveOptions, SolveResult, build_s
 from solver.components import Component, assemble, components
 from solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
 from solver.items import Item, coalesce
@@ -40,10 +40,6 @@ SOLVER_SHARE = {"cpsat": 0.5, "milp": 0.85}
 SEARCH_MAX_MOVES = 3000
 #: share of the time limit the greedy start may take (its optional variants stop there)
 GREEDY_SHARE = 0.4
-#: seconds `make_plan` takes per transfer to build and check a plan (measured with
-#: `benchmarks/solver_scaling.py`: 35-41 us on gather boundaries of 6.5 x 10^4-1.3 x 10^5
-#: transfers, up to 60 us on a first plan of 16,384 GPUs)
-CHECK_S_PER_MOVE = 45e-6
 #: a component is not started with less time left than this
 MIN_COMPONENT_S = 0.05
 #: a solver is started only with this many times the expected model-building time left:
@@ -167,8 +163,8 @@ def solve_by_components(
         baseline.notes.append("greedy reached the lower bound")
         return baseline
     # the plan still has to be built and checked after `auto` returns: about as many
-    # transfers as the greedy's, each taking `CHECK_S_PER_MOVE`
-    deadline -= len(baseline.moves) * CHECK_S_PER_MOVE
+    # transfers as the greedy's
+    deadline -= build_s(len(baseline.moves), baseline.num_copied())
     if time.perf_counter() >= deadline:
         baseline.notes.append("time limit reached after the greedy plan")
         return baseline
@@ -209,15 +205,19 @@ def solve_by_components(
         assert routing is not None
         return [items[i] for i in comp.items], routing
 
-    moves, order = assemble(problem, comps, routed)
-    if len(moves) > max(affordable, len(baseline.moves)):
+    plan = assemble(problem, comps, routed)
+    moves = plan.moves
+    copied = sum(r.num_transfers() for r in plan.copies)
+    if build_s(len(moves), copied) > max(
+        affordable * CHECK_S_PER_MOVE, build_s(len(baseline.moves), baseline.num_copied())
+    ):
         baseline.notes += [
             *notes,
-            f"greedy plan kept: {len(moves)} moves would not be checked in time",
+            f"greedy plan kept: {len(moves) + copied} transfers would not be built in time",
         ]
         return baseline
     num_ports = problem.topology.num_ports
-    schedule = in_order(moves, num_ports, order)
+    schedule = in_order(moves, num_ports, plan.order)
     if len(moves) <= SEARCH_MAX_MOVES:
         better = best_schedule(moves, num_ports)
         if better.makespan_s < schedule.makespan_s:
@@ -234,4 +234,4 @@ def solve_by_components(
         else SolveStatus.HEURISTIC
     )
     bound = single.bound_s if single is not None else None
-    return SolveResult(moves, schedule.order, status, bound, notes)
+    return SolveResult(moves, schedule.order, status, bound, notes, copies=plan.copies)

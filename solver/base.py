@@ -6,13 +6,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from planner.plan import SolveStatus
+from planner.plan import SolveStatus, Transfer
 from planner.problem import Problem
+from planner.replicas import CopiedTransfers, Replicas
 from solver.moves import Move
 
 #: the share of a time limit `make_plan` gives a time-limited algorithm (the rest is for
 #: building and checking its plan)
 PLAN_SOLVER_SHARE = 0.8
+#: seconds `make_plan` takes per move to build and check a plan (measured with
+#: `benchmarks/solver_scaling.py`: 35-41 us on gather boundaries of 6.5 x 10^4-1.3 x 10^5
+#: transfers, up to 60 us on a first plan of 16,384 GPUs)
+CHECK_S_PER_MOVE = 45e-6
+#: seconds per transfer of a copied component (built from its template's without a check,
+#: written from arrays)
+COPY_S_PER_MOVE = 3e-6
+
+
+def build_s(num_moves: int, num_copied: int = 0) -> float:
+    """About how long `make_plan` takes to build, check and write a plan of `num_moves`
+    moves and `num_copied` copied transfers."""
+    return num_moves * CHECK_S_PER_MOVE + num_copied * COPY_S_PER_MOVE
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,25 @@ class SolveResult:
     notes: list[str] = field(default_factory=list)
     #: the port-v1 makespan of the moves in this order, once worked out
     makespan_s: float | None = None
+    #: identical components as copies of some of the moves (`Replicas.template` are move
+    #: indices); their transfers follow the moves' in the plan, with the same times
+    copies: Sequence[Replicas] = ()
+
+    def own_transfers(self) -> tuple[list[Transfer], list[Replicas]]:
+        """The moves as transfers in execution order (untimed), and the copies with their
+        templates as positions in that order."""
+        own = [self.moves[i].to_transfer() for i in self.order]
+        position = {move: k for k, move in enumerate(self.order)}
+        return own, [r.remapped(position) for r in self.copies]
+
+    def transfers(self) -> Sequence[Transfer]:
+        """Every transfer of the plan in execution order, untimed (the copies' built)."""
+        own, replicas = self.own_transfers()
+        return tuple(CopiedTransfers(own, replicas)) if replicas else own
+
+    def num_copied(self) -> int:
+        """Transfers the copies add to the plan."""
+        return sum(r.num_transfers() for r in self.copies)
 
 
 Algorithm = Callable[[Problem, SolveOptions], SolveResult]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult
@@ -20,10 +21,17 @@ def _natural(moves: MoveList) -> SolveResult:
     return SolveResult(moves.moves, list(range(len(moves))))
 
 
-def sendrecv(problem: Problem, options: SolveOptions) -> SolveResult:
+def _tile_ids(problem: Problem, tile_ids: Sequence[int] | None) -> Sequence[int]:
+    return range(len(problem.tiles)) if tile_ids is None else tile_ids
+
+
+def sendrecv(
+    problem: Problem, options: SolveOptions, tile_ids: Sequence[int] | None = None
+) -> SolveResult:
+    """The baseline of `tile_ids` only (default: every tile), in their order."""
     tiles, moves = problem.tiles, MoveList(problem)
     sent: dict[int, int] = defaultdict(int)
-    for i in range(len(tiles)):
+    for i in _tile_ids(problem, tile_ids):
         pieces, num_bytes = tile_pieces(problem, [i])
         holders = tiles.device_sets[int(tiles.holders[i])]
         for d in tiles.device_sets[int(tiles.needers[i])]:
@@ -42,10 +50,13 @@ def broadcast_naive(problem: Problem, options: SolveOptions) -> SolveResult:
     return _natural(moves)
 
 
-def broadcast_lb(problem: Problem, options: SolveOptions) -> SolveResult:
+def broadcast_lb(
+    problem: Problem, options: SolveOptions, tile_ids: Sequence[int] | None = None
+) -> SolveResult:
+    """The baseline of `tile_ids` only (default: every tile), in their order."""
     tiles, topo, moves = problem.tiles, problem.topology, MoveList(problem)
     sent: dict[int, int] = defaultdict(int)
-    for i in range(len(tiles)):
+    for i in _tile_ids(problem, tile_ids):
         pieces, num_bytes = tile_pieces(problem, [i])
         holders = tiles.device_sets[int(tiles.holders[i])]
         host = min({topo.host_of[s] for s in holders}, key=lambda h: (sent[h], h))

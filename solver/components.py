@@ -5,7 +5,7 @@ connected set of hosts (linked by the holders and needers of some item) with its
 Two components are identical when, relabelling each one's hosts in increasing order and every
 device by (host rank, position on host), they have the same hosts, the same destination-mesh
 devices and the same items (bytes, holders, needers and piece shapes); the moves planned for
-one are then copied onto the other (`replay_moves`, `assemble`).
+one are then copied onto the other (`assemble`, as `planner.replicas.Replicas`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from planner.boxes import contains
-from planner.plan import Piece
 from planner.problem import Problem
+from planner.replicas import Copy, Replicas
 from solver.items import Item
 from solver.moves import Move, MoveList
 from solver.routing import Routing, realize
@@ -88,104 +87,61 @@ def components(problem: Problem, items: Sequence[Item]) -> list[Component]:
     return out
 
 
-def replay_moves(
-    problem: Problem,
-    moves: Sequence[Move],
-    move_items: Sequence[int],
-    solved_items: Sequence[Item],
-    target_items: Sequence[Item],
-    solved: Component,
-    target: Component,
-    shift: int,
-) -> list[Move]:
-    """`moves`, realised for `solved` (move k carries part of `solved_items[move_items[k]]`),
-    as the same moves of the identical component `target`: devices and ports relabelled,
-    every piece moved by the offset between the two items' corresponding pieces, and
-    dependencies shifted by `shift`. Bytes and durations are the same (the components are
-    identical, and so are their hosts' rails)."""
-    topo = problem.topology
+def copy_of(
+    solved: Component, solved_items: Sequence[Item], target: Component, target_items: Sequence[Item]
+) -> Copy:
+    """The identical component `target` as a copy of `solved`: devices by label, and each
+    piece of each of `solved`'s items to the corresponding piece of `target`'s."""
     by_label = target.devices_by_label()
-    device = {d: by_label[label] for d, label in solved.label_of.items()}
-    host = dict(zip(solved.hosts, target.hosts, strict=True))
-    nic_ports, rails = topo.num_nic_ports, topo.num_rails
-    devices_by_index = list(topo.device_index)
-    ports: dict[int, int] = {}
-
-    def port(p: int) -> int:
-        if p not in ports:
-            if p < 2 * nic_ports:
-                kind, rest = divmod(p, nic_ports)
-                h, rail = divmod(rest, rails)
-                ports[p] = kind * nic_ports + host[h] * rails + rail
-            else:
-                index, side = divmod(p - 2 * nic_ports, 2)
-                mapped = topo.device_index[device[devices_by_index[index]]]
-                ports[p] = 2 * nic_ports + 2 * mapped + side
-        return ports[p]
-
-    out = []
-    for move, k in zip(moves, move_items, strict=True):
-        pairs = tuple(zip(solved_items[k].pieces, target_items[k].pieces, strict=True))
-        out.append(
-            Move(
-                device[move.src],
-                tuple(device[d] for d in move.dst),
-                tuple(_moved(piece, pairs) for piece in move.pieces),
-                move.num_bytes,
-                move.duration_s,
-                tuple(port(p) for p in move.ports),
-                tuple(d + shift for d in move.deps),
-            )
-        )
-    return out
+    return Copy(
+        {d: by_label[label] for d, label in solved.label_of.items()},
+        tuple(piece for item in target_items for piece in item.pieces),
+    )
 
 
-def _moved(piece: Piece, pairs: Sequence[tuple[Piece, Piece]]) -> Piece:
-    """`piece`, inside the first of its item's pieces, at the same place in the other item's
-    corresponding piece."""
-    for source, target in pairs:
-        if source.tensor == piece.tensor and contains(source.box, piece.box):
-            box = tuple(
-                (lo - s_lo + t_lo, hi - s_lo + t_lo)
-                for (lo, hi), (s_lo, _), (t_lo, _) in zip(
-                    piece.box, source.box, target.box, strict=True
-                )
-            )
-            return Piece(target.tensor, box)
-    raise ValueError(f"piece {piece} is in none of its item's pieces")
+@dataclass
+class Assembled:
+    """Moves of the first component of each kind, their execution order, and the other
+    components as copies of them (`Replicas` over move indices)."""
+
+    moves: list[Move]
+    order: list[int]
+    copies: list[Replicas]
 
 
 def assemble(
     problem: Problem,
     comps: Sequence[Component],
     routed: Callable[[Component], tuple[Sequence[Item], Routing]],
-) -> tuple[list[Move], list[int]]:
+) -> Assembled:
     """Every component's moves and execution order, components one after the other.
 
     `routed(comp)` gives the items a component's routing refers to and the routing (with its
-    order). The first component of each kind is realised; the identical ones after it copy
-    its moves (`replay_moves`), which is what planning them again would give."""
+    order). The first component of each kind is realised; the identical ones after it are its
+    copies (what planning them again would give, relabelled)."""
     moves = MoveList(problem)
     order: list[int] = []
-    first: dict[tuple[object, ...], tuple[Component, Sequence[Item], int, list[int]]] = {}
+    first: dict[tuple[object, ...], tuple[Component, Sequence[Item], range]] = {}
+    copies: dict[tuple[object, ...], list[Copy]] = {}
     for comp in comps:
         items, routing = routed(comp)
         assert routing.order is not None
+        if comp.signature in first:
+            solved, solved_items, _ = first[comp.signature]
+            copies[comp.signature].append(copy_of(solved, solved_items, comp, items))
+            continue
         offset = len(moves)
-        if comp.signature not in first:
-            per_job = realize(problem, items, routing.shares, moves)
-            move_items = [0] * (len(moves) - offset)
-            for shares, indices in zip(routing.shares, per_job, strict=True):
-                for k in (k for per_share in indices for k in per_share if k >= 0):
-                    move_items[k - offset] = shares[0][0].item
-            first[comp.signature] = (comp, items, offset, move_items)
-        else:
-            solved, solved_items, start, move_items = first[comp.signature]
-            copied = moves.moves[start : start + len(move_items)]
-            moves.moves.extend(
-                replay_moves(
-                    problem, copied, move_items, solved_items, items, solved, comp, offset - start
-                )
-            )
+        realize(problem, items, routing.shares, moves)
+        first[comp.signature] = (comp, items, range(offset, len(moves)))
+        copies[comp.signature] = []
         order.extend(offset + k for k in routing.order)
-    return moves.moves, order
+    replicas = [
+        Replicas(
+            tuple(span),
+            tuple(piece for item in solved_items for piece in item.pieces),
+            tuple(copies[sig]),
+        )
+        for sig, (_, solved_items, span) in first.items()
+        if copies[sig]
+    ]
+    return Assembled(moves.moves, order, replicas)

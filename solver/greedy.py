@@ -14,8 +14,9 @@
      whole routing is also tried with splits sent through one entry (`variants`).
 3. Order: non-delay list schedules under port-v1 with a few priority rules, the best kept.
 4. Independent components (no shared host) are planned apart; identical ones (a pipeline
-   boundary's host pairs) once, their moves and order copied onto the others.
-5. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead.
+   boundary's host pairs) once, the others returned as its copies (`SolveResult.copies`).
+5. Never worse than `broadcast-lb` or `sendrecv`: a shorter one of those is returned instead
+   (tried on one component of each kind when components repeat, on all only when shorter).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from planner.bulk import collection_paused
 from planner.plan import SolveStatus
 from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
+from solver.base import SolveOptions, SolveResult, build_s
 from solver.baselines import broadcast_lb, sendrecv
 from solver.components import Component, assemble, components
 from solver.items import Item, bundle, coalesce
@@ -276,26 +277,45 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     def routed(comp: Component) -> tuple[list[Item], Routing]:
         comp_items = [items[i] for i in comp.items]
         if comp.signature not in solved:
-            # each kind of component gets an equal share of the budget, over all its copies
+            # each kind of component gets an equal share of the budget: its moves are checked
+            # once, and written again for each copy
             most = None
             if options.max_moves is not None:
-                most = options.max_moves // (copies[comp.signature] * len(copies))
+                per_move = build_s(1, copies[comp.signature] - 1) / build_s(1)
+                most = int(options.max_moves / len(copies) / per_move)
             solved[comp.signature] = _solve(problem, comp_items, deadline, most)
         found = solved[comp.signature]
         return _component_items(problem, comp_items, found.bundled), found.routing
 
-    moves, order = assemble(problem, comps, routed)
+    plan = assemble(problem, comps, routed)
     # components share no port: the plan takes as long as its longest component
     makespan = max((found.makespan_s for found in solved.values()), default=0.0)
     notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
-    best = SolveResult(moves, order, SolveStatus.HEURISTIC, None, notes, makespan)
-    if len(problem.tiles) > BASELINE_MAX_TILES:
+    best = SolveResult(
+        plan.moves, plan.order, SolveStatus.HEURISTIC, None, notes, makespan, plan.copies
+    )
+    # identical components get the same baseline plan too: one of each kind tells
+    tile_ids = _first_of_kind_tiles(problem, comps) if len(solved) < len(comps) else None
+    if len(problem.tiles if tile_ids is None else tile_ids) > BASELINE_MAX_TILES:
         return best
     for name, baseline in (("broadcast-lb", broadcast_lb), ("sendrecv", sendrecv)):
         if _past(deadline):
             break
-        result = baseline(problem, options)
+        result = baseline(problem, options, tile_ids)
+        if result_makespan_s(problem, result) < makespan and tile_ids is not None:
+            result = baseline(problem, options)
         if result_makespan_s(problem, result) < makespan:
             best, makespan = result, result_makespan_s(problem, result)
             best.notes.append(f"{name} was shorter")
     return best
+
+
+def _first_of_kind_tiles(problem: Problem, comps: Sequence[Component]) -> list[int]:
+    """The tiles of the first component of each kind (by their first holder's host)."""
+    first: dict[tuple[object, ...], Component] = {}
+    for comp in comps:
+        first.setdefault(comp.signature, comp)
+    hosts = [h for comp in first.values() for h in comp.hosts]
+    tiles, host_of = problem.tiles, problem.topology.host_of
+    set_host = np.array([host_of[ds[0]] if ds else -1 for ds in tiles.device_sets], dtype=np.int64)
+    return np.flatnonzero(np.isin(set_host[tiles.holders], hosts)).tolist()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from planner.bulk import collection_paused
 from planner.errors import RequestError
 from planner.plan import Plan, SolveStatus, Transfer
 from planner.problem import Problem, build_problem
+from planner.replicas import CopiedTransfers, copied_devices, with_copies
 from planner.request import Request
 from planner.simulate import simulate
 from solver.alpa_order import alpa_order
@@ -95,14 +97,22 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     result = solve(work, options)
     solved = time.perf_counter()
     with collection_paused():
-        transfers = [result.moves[i].to_transfer() for i in result.order]
-        sim = simulate(work, transfers)
+        transfers: Sequence[Transfer]
+        transfers, replicas = result.own_transfers()
+        # copies are valid and timed as their templates: only the templates are simulated
+        sim = simulate(work, transfers, copied_devices(replicas))
         transfers = [
             Transfer(t.src, t.dst, t.pieces, start, end)
             for t, (start, end) in zip(transfers, sim.times, strict=True)
         ]
+        wire_bytes, port_busy_s = sim.wire_bytes, sim.port_busy_s
+        if replicas:
+            wire_bytes, port_busy_s = with_copies(
+                work.topology, replicas, wire_bytes, sim.transfer_wire_bytes, port_busy_s
+            )
+            transfers = CopiedTransfers(transfers, replicas)
         if stacked is not None:
-            transfers = list(stacked[1].expand(transfers))
+            transfers = stacked[1].expand(transfers)
     finished = time.perf_counter()
     solve_time = finished - started
     if not sim.valid:
@@ -118,14 +128,14 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     return Plan(
         request_id=problem.request.request_id,
         algorithm=name,
-        transfers=tuple(transfers),
+        transfers=transfers if isinstance(transfers, CopiedTransfers) else tuple(transfers),
         makespan_s=sim.makespan_s,
         lower_bound_s=lower_bound,
         solve_time_s=solve_time,
         status=status,
         best_bound_s=best_bound,
-        wire_bytes=sim.wire_bytes,
-        port_busy_s=tuple(sim.port_busy_s),
+        wire_bytes=wire_bytes,
+        port_busy_s=tuple(port_busy_s),
         check_s=finished - solved,
     )
 

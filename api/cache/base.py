@@ -36,11 +36,14 @@ class PlanCache(Protocol):
     #: where the cache lives, for messages and the health route
     url: str
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
-        """The cached plan JSON, or None."""
+    def get(self, request_id: str) -> str | None:
+        """The cached plan's JSON text (as stored: answered as it is), or None."""
 
-    def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
-        """Store (or replace) the plan of `request_id`."""
+    def put(
+        self, request_id: str, plan: str, request: dict[str, Any] | None, algorithm: str
+    ) -> None:
+        """Store (or replace) the plan of `request_id`: its JSON text, the request it was made
+        for, and the algorithm that made it."""
 
     def entry(self, request_id: str) -> CachedPlan | None:
         """A plan with the request it was made for, by request id."""

@@ -29,14 +29,16 @@ class RedisCache:
         except redis.RedisError as err:
             raise CacheError(f"cache: cannot reach {url}: {err}") from None
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
+    def get(self, request_id: str) -> str | None:
         raw = self._redis.hget(f"{_PREFIX}plan:{request_id}", "plan")
-        return None if raw is None else dict(decoded(raw))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
+    def put(
+        self, request_id: str, plan: str, request: dict[str, Any] | None, algorithm: str
+    ) -> None:
         key = f"{_PREFIX}plan:{request_id}"
         with self._redis.pipeline() as pipe:
-            pipe.hset(key, "plan", json.dumps(plan))
+            pipe.hset(key, "plan", plan)
             pipe.hset(key, "request", json.dumps(request))
             pipe.sadd(f"{_PREFIX}plans", request_id)
             pipe.execute()

@@ -81,19 +81,21 @@ class SqliteCache:
         log.error("plan cache %s is unreadable (%s): set aside as %s", self.path, err, target)
         return target
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
+    def get(self, request_id: str) -> str | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT plan FROM plans WHERE request_id = ?", (request_id,)
             ).fetchone()
-        return None if row is None else dict(decoded(row[0]))
+        return None if row is None else str(row[0])
 
-    def put(self, request_id: str, plan: dict[str, Any], request: dict[str, Any] | None) -> None:
+    def put(
+        self, request_id: str, plan: str, request: dict[str, Any] | None, algorithm: str
+    ) -> None:
         text = json.dumps(request) if request is not None else None
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO plans VALUES (?, ?, ?, ?, ?)",
-                (request_id, plan.get("algorithm", ""), time.time(), json.dumps(plan), text),
+                (request_id, algorithm, time.time(), plan, text),
             )
 
     def entry(self, request_id: str) -> CachedPlan | None:

@@ -8,7 +8,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.requests import Request as StarletteRequest
 
 from api.deps import CacheDep, PlannerDep, SettingsDep
@@ -113,10 +113,13 @@ def _within_limits(request: Request, settings: Settings) -> Request:
     return request
 
 
-def _plan_response(plan: dict[str, Any], request_id: str, hit: bool) -> JSONResponse:
-    """The plan itself (request in, plan out); hit or miss and the request id in headers."""
-    return JSONResponse(
-        plan, headers={"X-Cache": "hit" if hit else "miss", "X-Request-Id": request_id}
+def _plan_response(plan: str, request_id: str, hit: bool) -> Response:
+    """The plan itself (request in, plan out: its JSON text as cached); hit or miss and the
+    request id in headers."""
+    return Response(
+        plan,
+        media_type="application/json",
+        headers={"X-Cache": "hit" if hit else "miss", "X-Request-Id": request_id},
     )
 
 
@@ -131,7 +134,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     openapi_extra=request_body(RequestBody),
     responses={200: {"model": PlanBody, "description": "the plan"}, **ERRORS},
 )
-async def create_plan(settings: SettingsDep, planner: PlannerDep, body: RawBody) -> JSONResponse:
+async def create_plan(settings: SettingsDep, planner: PlannerDep, body: RawBody) -> Response:
     """Plan a `meshcast.request/v1`, or return the cached plan of the same canonical request:
     the answer is the `meshcast.plan/v1` itself. Header `X-Cache: hit` when nothing was solved
     for this call, `X-Request-Id` the canonical request's sha256."""
@@ -184,11 +187,11 @@ async def plan_view(request_id: str, cache: CacheDep) -> HTMLResponse:
         422: {"model": ErrorBody, "description": "not a request id"},
     },
 )
-async def get_plan(request_id: str, cache: CacheDep) -> JSONResponse:
+async def get_plan(request_id: str, cache: CacheDep) -> Response:
     """A cached plan by the sha256 of its canonical request."""
     if not _REQUEST_ID.fullmatch(request_id):
         raise unprocessable("request_id", f"expected 64 lowercase hex digits, got {request_id!r}")
-    plan = cache.get(request_id)
+    plan = await asyncio.to_thread(cache.get, request_id)
     if plan is None:
         raise HTTPException(
             status_code=404,

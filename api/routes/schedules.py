@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
+from api.cache.base import decoded
 from api.deps import PlannerDep, SettingsDep
 from api.planning import Overloaded, SolverCrashed
 from api.routes.plans import (
@@ -85,7 +86,8 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: RawBody) -
             for request in requests:
                 ahead, _ = await planner.plan(request)
                 back, _ = await planner.plan(reversed_request(request))
-                plans.append((Plan.from_json(ahead), Plan.from_json(back)))
+                pair = await asyncio.to_thread(_plans, ahead, back)
+                plans.append(pair)
         except (Overloaded, SolverCrashed) as err:
             raise unavailable(str(err)) from None
         timing, boundaries = boundary_timing(forward, backward, plans)
@@ -104,3 +106,8 @@ async def schedules(settings: SettingsDep, planner: PlannerDep, body: RawBody) -
     except ScheduleError as err:
         raise unprocessable("body", str(err)) from None
     return {"boundaries": boundaries, "results": results}
+
+
+def _plans(ahead: str, back: str) -> tuple[Plan, Plan]:
+    """Both directions' plans from their JSON texts."""
+    return Plan.from_json(decoded(ahead)), Plan.from_json(decoded(back))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -31,12 +32,15 @@ def cache(request: pytest.FixtureRequest, tmp_path: Path) -> PlanCache:
 
 
 def test_plans_round_trip_with_their_requests(cache: PlanCache) -> None:
+    """Plans are stored as the text given (answered as it is) and read back as documents."""
     assert cache.get("a" * 64) is None and len(cache) == 0
-    cache.put("a" * 64, PLAN, {"tensors": []})
-    cache.put("b" * 64, {**PLAN, "request_id": "b" * 64}, None)
-    assert cache.get("a" * 64) == PLAN and len(cache) == 2
+    text = json.dumps(PLAN, separators=(",", ":"))
+    cache.put("a" * 64, text, {"tensors": []}, "greedy")
+    cache.put("b" * 64, json.dumps({**PLAN, "request_id": "b" * 64}), None, "greedy")
+    assert cache.get("a" * 64) == text and len(cache) == 2
     entries = {e.request_id: e for e in cache.entries()}
     assert entries["a" * 64].request == {"tensors": []} and entries["b" * 64].request is None
+    assert entries["a" * 64].plan == PLAN and entries["b" * 64].plan["request_id"] == "b" * 64
 
 
 def test_one_claim_at_a_time_until_released_or_expired(cache: PlanCache) -> None:

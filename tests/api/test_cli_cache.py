@@ -46,7 +46,7 @@ def test_warm_export_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFix
     imported = open_cache(other)
     try:
         assert len(imported) == 2
-        assert imported.get(entry["request_id"]) == entry["plan"]
+        assert json.loads(imported.get(entry["request_id"]) or "null") == entry["plan"]
     finally:
         imported.close()
 

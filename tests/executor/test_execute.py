@@ -167,7 +167,7 @@ def test_bundled_plan_is_bit_exact(world: LocalWorld) -> None:
     items = bundle(problem, coalesce(problem), max_latencies=1e9)
     assert any(item.piece_needers for item in items)
     result = to_result(problem, items, greedy_routing(problem, items))
-    transfers = tuple(result.moves[i].to_transfer() for i in result.order)
+    transfers = tuple(result.transfers())
     plan = Plan(parsed.request_id, "greedy", transfers)
     assert run_plan(world, parsed, plan).verified
 

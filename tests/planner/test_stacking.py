@@ -71,5 +71,5 @@ def test_stacked_plans_are_valid_plans_of_the_request(algorithm: str, plancheck:
     assert verdict["valid"], verdict["errors"]
     # as good as planning every tensor apart
     apart = greedy(problem, SolveOptions())
-    transfers = [apart.moves[i].to_transfer() for i in apart.order]
+    transfers = apart.transfers()
     assert plan.makespan_s <= simulate(problem, transfers).makespan_s * 1.01

@@ -9,12 +9,18 @@ from typing import Any
 import pytest
 
 import solver.greedy
+from planner.plan import Plan
+from planner.replicas import CopiedTransfers
 from planner.simulate import check_plan, simulate
 from planner.synthetic_scale import boundary_request
 from solver import SolveOptions, make_plan
 from solver.auto import auto
-from solver.greedy import greedy
+from solver.baselines import broadcast_lb, sendrecv
+from solver.components import components
+from solver.greedy import _first_of_kind_tiles, greedy
+from solver.items import coalesce
 from solver.order import in_order
+from solver.routing import result_makespan_s
 from tests.conftest import CASES_DIR, problem_of
 
 
@@ -57,7 +63,7 @@ def test_a_passed_deadline_still_gives_the_greedy_plan_in_one_pass(
     past = SolveOptions(deadline=time.perf_counter())
     result = greedy(problem, past)
     assert len(calls) == 1 and calls[0][1] == past.deadline  # one variant, no rerouting
-    assert simulate(problem, [result.moves[i].to_transfer() for i in result.order]).valid
+    assert simulate(problem, result.transfers()).valid
     late = auto(problem, past)
     assert any("time limit reached" in note for note in late.notes)
 
@@ -89,9 +95,11 @@ def test_a_move_budget_gives_the_plan_with_fewest_moves() -> None:
     free = greedy(problem, SolveOptions())
     tight = greedy(problem, SolveOptions(max_moves=1))
     assert len(tight.moves) < len(free.moves)
-    assert simulate(problem, [tight.moves[i].to_transfer() for i in tight.order]).valid
+    transfers = tight.transfers()
+    assert simulate(problem, transfers).valid
     host_pairs, sources_per_host, moves_per_piece = 2, 8, 1 + 7  # over the NIC, then relayed
-    assert len(tight.moves) == host_pairs * sources_per_host * moves_per_piece
+    assert len(transfers) == host_pairs * sources_per_host * moves_per_piece
+    assert len(tight.moves) == len(transfers) // host_pairs  # the second pair copies the first
 
 
 @pytest.mark.parametrize(
@@ -107,3 +115,53 @@ def test_the_greedy_reports_the_makespan_of_its_order(request_json: dict[str, An
     assert result.makespan_s is not None
     again = in_order(result.moves, problem.topology.num_ports, result.order).makespan_s
     assert result.makespan_s == pytest.approx(again, rel=1e-12)
+
+
+REPEATED = {
+    "gather": boundary_request(4, batch=16, seq=64, hidden=512),
+    "one-message": boundary_request(
+        3, batch=12, seq=64, hidden=512, dst_placements=("S(0)", "S(1)")
+    ),
+    "reshard": boundary_request(2, batch=8, seq=64, hidden=512, dst_placements=("S(0)", "S(2)")),
+}
+
+
+@pytest.mark.parametrize("algorithm", ["greedy", "auto"])
+@pytest.mark.parametrize("name", sorted(REPEATED))
+def test_copied_components_are_what_planning_them_in_full_gives(
+    name: str, algorithm: str, plancheck: Any
+) -> None:
+    """A plan whose identical components are copies of one (checked and simulated once) is,
+    once every transfer is built and simulated from scratch, valid with the same times, bytes
+    on the wire and port loads; its JSON text is that of the built transfers."""
+    problem = problem_of(REPEATED[name])
+    plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=2.0))
+    assert isinstance(plan.transfers, CopiedTransfers)
+    assert len(plan.transfers.own) < len(plan.transfers)
+    built = tuple(plan.transfers)
+    full = simulate(problem, built)
+    assert full.valid, full.errors[:3]
+    planned = [s for t in built for s in (t.start_s, t.end_s)]
+    assert planned == pytest.approx([s for pair in full.times for s in pair], rel=1e-12)
+    assert plan.makespan_s == pytest.approx(full.makespan_s, rel=1e-12)
+    assert plan.wire_bytes == full.wire_bytes
+    assert plan.port_busy_s == pytest.approx(full.port_busy_s, rel=1e-12, abs=1e-15)
+    document = plan.to_json()
+    assert plan.to_json_text() == json.dumps(document, separators=(",", ":"))
+    assert Plan.from_json(document) == plan
+    verdict = plancheck.check(REPEATED[name], document)
+    assert verdict["valid"], verdict["errors"]
+
+
+@pytest.mark.parametrize("name", sorted(REPEATED))
+def test_baselines_of_one_component_per_kind_take_as_long_as_on_all(name: str) -> None:
+    """The greedy compares itself with the baselines on one component of each kind: their
+    makespan there is their makespan on the whole request."""
+    problem = problem_of(REPEATED[name])
+    comps = components(problem, coalesce(problem))
+    first = _first_of_kind_tiles(problem, comps)
+    assert 0 < len(first) < len(problem.tiles)
+    for baseline in (sendrecv, broadcast_lb):
+        alone = result_makespan_s(problem, baseline(problem, SolveOptions(), first))
+        whole = result_makespan_s(problem, baseline(problem, SolveOptions()))
+        assert alone == pytest.approx(whole, rel=1e-12)
