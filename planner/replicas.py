@@ -101,6 +101,10 @@ def _region_of(sources: Sequence[Piece], piece: Piece) -> int:
     raise ValueError(f"piece {piece} lies in none of the template's regions")
 
 
+#: copies whose numbers are turned into Python integers at a time when writing
+_ROWS_AT_ONCE = 64
+
+
 class CopiedTransfers(Sequence[Transfer]):
     """`own` transfers, then the transfers of every copy of every `Replicas` (each copy's in
     its template's order): a plan's execution order."""
@@ -176,8 +180,10 @@ class CopiedTransfers(Sequence[Transfer]):
             for j, (k, regions) in enumerate(zip(rep.template, rep.regions(self.own), strict=True)):
                 columns += where.columns(self.own[k], first_id + j, len(rep.template), regions)
             text = ",".join(transfer_text_format(self.own[k]) for k in rep.template)
-            for row in np.stack(columns, axis=1).tolist():
-                yield text % tuple(row)
+            values = np.stack(columns, axis=1)
+            for start in range(0, len(values), _ROWS_AT_ONCE):  # Python ints for a few only
+                for row in values[start : start + _ROWS_AT_ONCE].tolist():
+                    yield text % tuple(row)
             first_id += rep.num_transfers()
 
 
