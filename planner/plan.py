@@ -48,22 +48,16 @@ def transfer_text(i: int, t: Transfer) -> str:
 
 
 def transfer_text_format(t: Transfer) -> str:
-    """`transfer_text` of a transfer shaped like `t`, its times `t`'s, as a `%` format of its
-    integers: the id, src, every dst, and per piece its tensor and box bounds."""
+    """`transfer_text` of a transfer shaped like `t`, its times `t`'s, as a `%s` format of its
+    integers: the id, src, every dst, and per piece its tensor and box bounds (the times'
+    text has no `%`)."""
     pieces = ",".join(
-        '{"tensor":%d,"box":[' + ",".join("[%d,%d]" for _ in p.box) + "]}" for p in t.pieces
+        '{"tensor":%s,"box":[' + ",".join("[%s,%s]" for _ in p.box) + "]}" for p in t.pieces
     )
-    dst = ",".join("%d" for _ in t.dst)
+    dst = ",".join("%s" for _ in t.dst)
     return (
-        '{"id":%d,"src":%d,"dst":['
-        + dst
-        + '],"pieces":['
-        + pieces
-        + '],"start_s":'
-        + _json_number(t.start_s).replace("%", "%%")
-        + ',"end_s":'
-        + _json_number(t.end_s).replace("%", "%%")
-        + "}"
+        f'{{"id":%s,"src":%s,"dst":[{dst}],"pieces":[{pieces}],'
+        f'"start_s":{_json_number(t.start_s)},"end_s":{_json_number(t.end_s)}}}'
     )
 
 

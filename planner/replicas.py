@@ -177,10 +177,16 @@ class CopiedTransfers(Sequence[Transfer]):
                 continue
             where = _CopyArrays(rep)
             columns: list[np.ndarray] = []
+            texts: list[str] = []
             for j, (k, regions) in enumerate(zip(rep.template, rep.regions(self.own), strict=True)):
-                columns += where.columns(self.own[k], first_id + j, len(rep.template), regions)
-            text = ",".join(transfer_text_format(self.own[k]) for k in rep.template)
-            values = np.stack(columns, axis=1)
+                numbers = where.columns(self.own[k], first_id + j, len(rep.template), regions)
+                # a number the same in every copy is written into the text once
+                same = [bool((c == c[0]).all()) for c in numbers]
+                fixed = tuple(str(c[0]) if s else "%d" for c, s in zip(numbers, same, strict=True))
+                texts.append(transfer_text_format(self.own[k]) % fixed)
+                columns += [c for c, s in zip(numbers, same, strict=True) if not s]
+            text = ",".join(texts)
+            values = np.stack(columns, axis=1) if columns else np.zeros((len(rep.copies), 0))
             for start in range(0, len(values), _ROWS_AT_ONCE):  # Python ints for a few only
                 for row in values[start : start + _ROWS_AT_ONCE].tolist():
                     yield text % tuple(row)
