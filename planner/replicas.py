@@ -73,12 +73,17 @@ class Replicas:
         numbers to positions in the execution order), kept in increasing order."""
         return Replicas(tuple(sorted(index[k] for k in self.template)), self.sources, self.copies)
 
+    @cached_property
+    def devices(self) -> tuple[list[int], np.ndarray]:
+        """The template's devices, and per copy (rows) the copy's device for each (columns)."""
+        template = list(self.copies[0].device)
+        return template, np.array([[c.device[d] for d in template] for c in self.copies], np.int64)
+
     def ports(self, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
         """The template's ports (its devices' links and its hosts' rails), and per copy
         (rows) the copy's port for each (columns)."""
         topo = topology
-        template = list(self.copies[0].device)
-        devices = np.array([[c.device[d] for d in template] for c in self.copies], np.int64)
+        template, devices = self.devices
         index = np.vectorize(topo.device_index.__getitem__, otypes=[np.int64])(devices)
         hosts = np.vectorize(topo.host_of.__getitem__, otypes=[np.int64])(devices)
         nic = topo.num_nic_ports
@@ -112,7 +117,7 @@ class CopiedTransfers(Sequence[Transfer]):
     def __init__(self, own: Sequence[Transfer], replicas: Sequence[Replicas]) -> None:
         self.own = tuple(own)
         self.replicas = tuple(replicas)
-        self._len = len(self.own) + sum(r.num_transfers() for r in self.replicas)
+        self._len = len(self.own) + num_copied(self.replicas)
 
     def __len__(self) -> int:
         return self._len
@@ -200,9 +205,8 @@ class _CopyArrays:
         copies = rep.copies
         self.rep = rep
         self.n = len(copies)
-        first = copies[0].device
-        self.column = {d: j for j, d in enumerate(first)}
-        self.devices = np.array([[c.device[d] for d in first] for c in copies], dtype=np.int64)
+        template, self.devices = rep.devices
+        self.column = {d: j for j, d in enumerate(template)}
         self.tensors = np.array([[p.tensor for p in c.targets] for c in copies], dtype=np.int64)
         self.lows = [
             np.array([[lo for lo, _ in c.targets[r].box] for c in copies], dtype=np.int64)
@@ -223,6 +227,11 @@ class _CopyArrays:
                 columns.append(lows[:, dim] + (lo - s_lo))
                 columns.append(lows[:, dim] + (hi - s_lo))
         return columns
+
+
+def num_copied(replicas: Sequence[Replicas]) -> int:
+    """Transfers the copies add to a plan."""
+    return sum(r.num_transfers() for r in replicas)
 
 
 def copied_devices(replicas: Sequence[Replicas]) -> frozenset[int]:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 
 from planner.plan import SolveStatus
 from planner.problem import Problem
+from planner.replicas import num_copied
 from solver.backends import MissingBackend, backend
 from solver.base import CHECK_S_PER_MOVE, PLAN_SOLVER_SHARE, SolveOptions, SolveResult, build_s
-from solver.components import Component, assemble, components
+from solver.components import Component, assemble, components, first_of_kind
 from solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
 from solver.items import Item, coalesce
 from solver.jobs import jobs_with_hint
@@ -170,9 +171,7 @@ def solve_by_components(
         return baseline
     items = coalesce(problem)
     comps = components(problem, items)
-    distinct: dict[tuple[object, ...], Component] = {}
-    for comp in comps:
-        distinct.setdefault(comp.signature, comp)
+    distinct = first_of_kind(comps)
     whole = baseline_makespan if len(comps) == 1 else None
     solved: dict[tuple[object, ...], _Found] = {}
     for sig, comp in distinct.items():
@@ -207,7 +206,7 @@ def solve_by_components(
 
     plan = assemble(problem, comps, routed)
     moves = plan.moves
-    copied = sum(r.num_transfers() for r in plan.copies)
+    copied = num_copied(plan.copies)
     if build_s(len(moves), copied) > max(
         affordable * CHECK_S_PER_MOVE, build_s(len(baseline.moves), baseline.num_copied())
     ):

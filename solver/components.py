@@ -87,9 +87,15 @@ def components(problem: Problem, items: Sequence[Item]) -> list[Component]:
     return out
 
 
-def copy_of(
-    solved: Component, solved_items: Sequence[Item], target: Component, target_items: Sequence[Item]
-) -> Copy:
+def first_of_kind(comps: Sequence[Component]) -> dict[tuple[object, ...], Component]:
+    """The first component of each kind (signature), in order."""
+    first: dict[tuple[object, ...], Component] = {}
+    for comp in comps:
+        first.setdefault(comp.signature, comp)
+    return first
+
+
+def copy_of(solved: Component, target: Component, target_items: Sequence[Item]) -> Copy:
     """The identical component `target` as a copy of `solved`: devices by label, and each
     piece of each of `solved`'s items to the corresponding piece of `target`'s."""
     by_label = target.devices_by_label()
@@ -127,8 +133,7 @@ def assemble(
         items, routing = routed(comp)
         assert routing.order is not None
         if comp.signature in first:
-            solved, solved_items, _ = first[comp.signature]
-            copies[comp.signature].append(copy_of(solved, solved_items, comp, items))
+            copies[comp.signature].append(copy_of(first[comp.signature][0], comp, items))
             continue
         offset = len(moves)
         realize(problem, items, routing.shares, moves)

@@ -33,7 +33,7 @@ from planner.plan import SolveStatus
 from planner.problem import Problem
 from solver.base import SolveOptions, SolveResult, build_s
 from solver.baselines import broadcast_lb, sendrecv
-from solver.components import Component, assemble, components
+from solver.components import Component, assemble, components, first_of_kind
 from solver.items import Item, bundle, coalesce
 from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs, rail_filling
 from solver.routing import Routing, result_makespan_s, to_result
@@ -312,10 +312,7 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
 
 def _first_of_kind_tiles(problem: Problem, comps: Sequence[Component]) -> list[int]:
     """The tiles of the first component of each kind (by their first holder's host)."""
-    first: dict[tuple[object, ...], Component] = {}
-    for comp in comps:
-        first.setdefault(comp.signature, comp)
-    hosts = [h for comp in first.values() for h in comp.hosts]
+    hosts = [h for comp in first_of_kind(comps).values() for h in comp.hosts]
     tiles, host_of = problem.tiles, problem.topology.host_of
     set_host = np.array([host_of[ds[0]] if ds else -1 for ds in tiles.device_sets], dtype=np.int64)
     return np.flatnonzero(np.isin(set_host[tiles.holders], hosts)).tolist()
