@@ -17,13 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from api.cache import open_cache
-from api.metrics import Metrics
-from api.middleware import BodyLimit, Instrumentation
-from api.planning import Planner
-from api.routes import health, plans, schedules
-from api.schemas import add_body_models
-from api.settings import Settings
+from meshcast.api.cache import open_cache
+from meshcast.api.metrics import Metrics
+from meshcast.api.middleware import BodyLimit, Instrumentation
+from meshcast.api.planning import Planner
+from meshcast.api.routes import health, plans, schedules
+from meshcast.api.schemas import add_body_models
+from meshcast.api.settings import Settings
 
 log = logging.getLogger("meshcast.service")
 

@@ -15,19 +15,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from api.cli_common import UsageError, chosen_algorithm, load_problem, read_json, solve_options
-from api.cli_run import add_run_parser
-from api.cli_schedule import add_schedule_parsers
-from api.cli_serve import add_serve_parsers
-from api.cli_testbed import add_testbed_parsers
-from api.progress import progress
-from planner import PlanFormatError, RequestError
-from planner.bulk import collection_paused
-from planner.plan import Plan
-from planner.problem import Problem
-from planner.simulate import simulate
-from planner.summary import summarize
-from solver import ALGORITHMS, SolveOptions, make_plan, resolve
+from meshcast.api.cli_common import (
+    UsageError,
+    chosen_algorithm,
+    load_problem,
+    read_json,
+    solve_options,
+)
+from meshcast.api.cli_run import add_run_parser
+from meshcast.api.cli_schedule import add_schedule_parsers
+from meshcast.api.cli_serve import add_serve_parsers
+from meshcast.api.cli_testbed import add_testbed_parsers
+from meshcast.api.progress import progress
+from meshcast.planner import PlanFormatError, RequestError
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import simulate
+from meshcast.planner.summary import summarize
+from meshcast.solver import ALGORITHMS, SolveOptions, make_plan, resolve
 
 
 def _summary(plan: Plan) -> str:
@@ -50,7 +56,7 @@ def _plan_maybe_remote(
 ) -> Plan:
     if server is None:
         return make_plan(problem, algorithm, options)
-    from api.client import MeshcastClient, ServiceError, ServiceUnavailable
+    from meshcast.api.client import MeshcastClient, ServiceError, ServiceUnavailable
 
     request = problem.request.to_json()
     request["options"] = {
@@ -90,17 +96,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
             Path(args.output).write_text(plan.to_json_text())
         print(f"plan written to {args.output}")
     if args.trace:
-        from api.render import write_trace
+        from meshcast.api.render import write_trace
 
         write_trace(problem, plan, Path(args.trace))
         print(f"trace written to {args.trace} (open in ui.perfetto.dev or chrome://tracing)")
     if args.html:
-        from api.viewer import plan_page
+        from meshcast.api.viewer import plan_page
 
         Path(args.html).write_text(plan_page(problem, plan))
         print(f"plan page written to {args.html} (open it in a browser)")
     if args.gantt:
-        from api.render import write_gantt
+        from meshcast.api.render import write_gantt
 
         write_gantt(problem, plan, Path(args.gantt))
         print(f"gantt chart written to {args.gantt}")

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from planner import RequestError, build_problem, parse_request
-from planner.bulk import collection_paused
-from planner.problem import Problem
-from planner.request import MAX_TIME_LIMIT_S
-from planner.work import check_work
-from solver import SolveOptions, resolve
+from meshcast.planner import RequestError, build_problem, parse_request
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.problem import Problem
+from meshcast.planner.request import MAX_TIME_LIMIT_S
+from meshcast.planner.work import check_work
+from meshcast.solver import SolveOptions, resolve
 
 
 class UsageError(Exception):

@@ -15,13 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.cli_common import UsageError, chosen_algorithm, load_problem, read_json, solve_options
-from planner import PlanFormatError, build_problem, parse_request
-from planner.plan import Plan
-from planner.problem import Problem
-from planner.request import Request
-from planner.synthetic import scaled_request
-from solver import make_plan
+from meshcast.api.cli_common import (
+    UsageError,
+    chosen_algorithm,
+    load_problem,
+    read_json,
+    solve_options,
+)
+from meshcast.planner import PlanFormatError, build_problem, parse_request
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
+from meshcast.planner.request import Request
+from meshcast.planner.synthetic import scaled_request
+from meshcast.solver import make_plan
 
 _UNITS = {
     "": 1,
@@ -142,9 +148,9 @@ def _fitting_problem(args: argparse.Namespace, estimate: Callable[[Request], int
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        from executor.executor import MIN_STAGING_BYTES
-        from executor.local_run import RunSettings, estimate_memory_bytes, run_plan_locally
-        from executor.local_world import RankFailure
+        from meshcast.executor.executor import MIN_STAGING_BYTES
+        from meshcast.executor.local_run import RunSettings, estimate_memory_bytes, run_plan_locally
+        from meshcast.executor.local_world import RankFailure
     except ImportError as err:
         raise UsageError(
             f"meshcast run needs PyTorch ({err}): pip install 'meshcast[executor]'"

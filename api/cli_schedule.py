@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from api.cli_common import UsageError, load_problem
-from pipeline.boundaries import boundary_timing, plan_boundaries
-from pipeline.render import write_gantt, write_trace
-from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
-from pipeline.simulate import Timing, simulate
-from solver import plan_request
+from meshcast.api.cli_common import UsageError, load_problem
+from meshcast.pipeline.boundaries import boundary_timing, plan_boundaries
+from meshcast.pipeline.render import write_gantt, write_trace
+from meshcast.pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
+from meshcast.pipeline.simulate import Timing, simulate
+from meshcast.solver import plan_request
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

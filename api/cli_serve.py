@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.cache import CacheError, PlanCache, open_cache
-from api.cli_common import UsageError, read_json
-from api.progress import progress
-from planner import PlanFormatError, RequestError, build_problem, parse_request
-from planner.plan import Plan
-from solver import SolveOptions, make_plan, resolve
+from meshcast.api.cache import CacheError, PlanCache, open_cache
+from meshcast.api.cli_common import UsageError, read_json
+from meshcast.api.progress import progress
+from meshcast.planner import PlanFormatError, RequestError, build_problem, parse_request
+from meshcast.planner.plan import Plan
+from meshcast.solver import SolveOptions, make_plan, resolve
 
 DEFAULT_CACHE = ".meshcast/plans.sqlite3"
 
@@ -31,7 +31,7 @@ def _open(url: str) -> PlanCache:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.settings import Settings, SettingsError
+    from meshcast.api.settings import Settings, SettingsError
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: expected 1-65535, got {args.port}")
@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     uvicorn.run(
-        "api.app:create_app",
+        "meshcast.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,

@@ -9,13 +9,13 @@ import os
 import sys
 from typing import Any
 
-from api.cli_common import UsageError, load_problem
-from api.cli_run import parse_size
-from api.progress import progress
-from planner import RequestError, build_problem, parse_request
-from planner.problem import Problem
-from planner.synthetic import scaled_request
-from solver import resolve
+from meshcast.api.cli_common import UsageError, load_problem
+from meshcast.api.cli_run import parse_size
+from meshcast.api.progress import progress
+from meshcast.planner import RequestError, build_problem, parse_request
+from meshcast.planner.problem import Problem
+from meshcast.planner.synthetic import scaled_request
+from meshcast.solver import resolve
 
 
 def _problem(args: argparse.Namespace) -> Problem:
@@ -31,7 +31,7 @@ def _problem(args: argparse.Namespace) -> Problem:
 
 
 def _testbed_name(value: str) -> str:
-    from testbed.network import TestbedError, check_name
+    from meshcast.testbed.network import TestbedError, check_name
 
     try:
         return check_name(value)
@@ -40,7 +40,7 @@ def _testbed_name(value: str) -> str:
 
 
 def _checked(args: argparse.Namespace) -> None:
-    from testbed.network import TestbedError, check_available
+    from meshcast.testbed.network import TestbedError, check_available
 
     if not 0 < args.nic_gbps <= 100:
         raise UsageError(f"--nic-gbps: expected (0, 100], got {args.nic_gbps}")
@@ -53,8 +53,8 @@ def _checked(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from testbed import network
-    from testbed.bench import spec_for
+    from meshcast.testbed import network
+    from meshcast.testbed.bench import spec_for
 
     _checked(args)
     problem = _problem(args)
@@ -72,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from testbed import network
+    from meshcast.testbed import network
 
     removed = network.down(args.name)
     print(
@@ -82,15 +82,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from testbed import network
+    from meshcast.testbed import network
 
     print(network.status(args.name))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.bench import bench, bench_steps
-    from testbed.network import TestbedError
+    from meshcast.testbed.bench import bench, bench_steps
+    from meshcast.testbed.network import TestbedError
 
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise UsageError(f"--time-limit: expected seconds > 0, got {args.time_limit}")
@@ -138,8 +138,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_testbed_calibrate(args: argparse.Namespace) -> int:
-    from testbed.bench import calibrate_testbed
-    from testbed.network import TestbedError
+    from meshcast.testbed.bench import calibrate_testbed
+    from meshcast.testbed.network import TestbedError
 
     _checked(args)
     problem = _problem(args)
@@ -171,7 +171,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     import torch.distributed as dist
 
-    from executor.calibrate import calibrate
+    from meshcast.executor.calibrate import calibrate
 
     dist.init_process_group(args.backend)
     try:

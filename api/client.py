@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from planner.plan import Plan
-from planner.request import Request
-from solver import plan_request
+from meshcast.planner.plan import Plan
+from meshcast.planner.request import Request
+from meshcast.solver import plan_request
 
 #: statuses worth retrying: the service is overloaded, restarting or behind a proxy that is
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.cache import PlanCache
-from api.metrics import Metrics
-from api.planning import Planner
-from api.settings import Settings
+from meshcast.api.cache import PlanCache
+from meshcast.api.metrics import Metrics
+from meshcast.api.planning import Planner
+from meshcast.api.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -7,7 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import Metrics
+from meshcast.api.metrics import Metrics
 
 
 async def _send_json(send: Send, status: int, body: object) -> None:

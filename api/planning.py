@@ -18,13 +18,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from api.cache import PlanCache
-from api.metrics import Metrics
-from planner import build_problem
-from planner.bulk import collection_paused
-from planner.request import Request
-from planner.summary import summarize
-from solver import ALGORITHMS, SolveOptions, make_plan, plan_request
+from meshcast.api.cache import PlanCache
+from meshcast.api.metrics import Metrics
+from meshcast.planner import build_problem
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.request import Request
+from meshcast.planner.summary import summarize
+from meshcast.solver import ALGORITHMS, SolveOptions, make_plan, plan_request
 
 #: seconds between looks at the cache while another process solves
 POLL_S = 0.05

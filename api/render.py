@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from planner.cost import transfer_cost
-from planner.plan import Plan
-from planner.problem import Problem
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
 
 
 def port_rows(problem: Problem, plan: Plan) -> dict[str, list[tuple[int, float, float]]]:

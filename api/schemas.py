@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.request import MAX_DEVICE_ID, MAX_DIM, MAX_GBPS, MAX_NICS_PER_HOST, MIN_GBPS
-from planner.request import MAX_TIME_LIMIT_S as MAX_LIMIT_S
+from meshcast.planner.request import MAX_DEVICE_ID, MAX_DIM, MAX_GBPS, MAX_NICS_PER_HOST, MIN_GBPS
+from meshcast.planner.request import MAX_TIME_LIMIT_S as MAX_LIMIT_S
 
 MAX_STAGES, MAX_MICROBATCHES = 256, 4096
 

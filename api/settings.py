@@ -9,7 +9,7 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from planner.work import DEFAULT_MAX_SOLVE_BYTES, DEFAULT_MAX_TILES
+from meshcast.planner.work import DEFAULT_MAX_SOLVE_BYTES, DEFAULT_MAX_TILES
 
 ENV_PREFIX = "MESHCAST_"
 

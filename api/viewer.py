@@ -7,11 +7,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from api.render import port_rows
-from planner.plan import Plan
-from planner.problem import Problem
-from planner.simulate import check_plan
-from planner.summary import summarize
+from meshcast.api.render import port_rows
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import check_plan
+from meshcast.planner.summary import summarize
 
 #: most bars drawn on the timeline (a bar per transfer per port it holds); beyond, the first
 #: transfers in plan order are drawn and the page says so

@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.progress import progress
 from benchmarks.common import markdown_table, write_results
-from planner.dtypes import ITEMSIZE_BYTES
-from planner.synthetic import random_request
+from meshcast.api.progress import progress
+from meshcast.planner.dtypes import ITEMSIZE_BYTES
+from meshcast.planner.synthetic import random_request
 
 
 def draw(rng: random.Random, max_ranks: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ TREE = os.environ.get("MESHCAST_BENCH_TREE")
 sys.path.insert(0, TREE or str(Path(__file__).resolve().parents[1]))
 HERE = Path(__file__).resolve().parents[1]
 
-from planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner import build_problem, parse_request  # noqa: E402
 
 #: the executor this one replaced (copies of whole shards, buffers kept between runs)
 BASELINE = "e930077"
@@ -41,7 +41,7 @@ MIB = 2**20
 
 
 def _requests() -> dict[str, dict[str, Any]]:
-    from planner.synthetic import moe_refit_request
+    from meshcast.planner.synthetic import moe_refit_request
 
     return {
         "refit pp2x2 -> 2 engines x2 (8 ranks)": moe_refit_request(),
@@ -64,9 +64,9 @@ def _baseline_rank(request_json: dict[str, Any], plan_json: dict[str, Any]) -> d
     import torch
     import torch.distributed as dist
 
-    from executor import Executor
-    from executor.local_run import reference_sources, verify_received
-    from planner.plan import Plan
+    from meshcast.executor import Executor
+    from meshcast.executor.local_run import reference_sources, verify_received
+    from meshcast.planner.plan import Plan
 
     request, plan = parse_request(request_json), Plan.from_json(plan_json)
     shards = reference_sources(request)
@@ -83,15 +83,15 @@ def measure(
     request_json: dict[str, Any], plan_json: dict[str, Any], variant: str, staging: int
 ) -> Any:
     """Run one variant on a fresh local world; per-rank memory and whether it verified."""
-    from executor.local_world import LocalWorld
-    from planner.plan import Plan
+    from meshcast.executor.local_world import LocalWorld
+    from meshcast.planner.plan import Plan
 
     request = parse_request(request_json)
     num_ranks = 1 + max(build_problem(request).topology.host_of)
     with LocalWorld(num_ranks, timeout_s=600) as world:
         if variant == "baseline":
             return world.run(_baseline_rank, request_json, plan_json)
-        from executor.local_run import RunSettings, run_plan
+        from meshcast.executor.local_run import RunSettings, run_plan
 
         settings = RunSettings(
             staging_bytes=staging, use_out=variant == "out", strided=variant == "out"
@@ -131,7 +131,7 @@ def export_tree(revision: str, into: Path) -> Path:
 
 def memory_table(baseline: Path, staging: int) -> tuple[str, list[dict[str, Any]]]:
     from benchmarks.common import markdown_table
-    from solver import SolveOptions, make_plan
+    from meshcast.solver import SolveOptions, make_plan
 
     rows, data = [], []
     for name, request_json in _requests().items():
@@ -203,7 +203,15 @@ def _wall_executor_run(tree: Path, cases: str | None) -> dict[str, float]:
 def _wall_testbed(tree: Path, request: Path) -> dict[str, float]:
     stdout = _run_in(
         tree,
-        *("-m", "api.cli", "testbed", "bench", str(request), "--algorithms", "sendrecv,auto"),
+        *(
+            "-m",
+            "meshcast.api.cli",
+            "testbed",
+            "bench",
+            str(request),
+            "--algorithms",
+            "sendrecv,auto",
+        ),
         *("--max-bytes", "64MiB", "--json", "--name", "membench"),
     )
     results = json.loads(stdout.strip().splitlines()[-1])["results"]
@@ -240,8 +248,8 @@ def main() -> None:
         staging = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         print(json.dumps(measure(request_json, plan_json, sys.argv[4], staging)))
         return
-    from api.cli_run import parse_size
     from benchmarks.common import write_results
+    from meshcast.api.cli_run import parse_size
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--staging", type=parse_size, default=16 << 20)

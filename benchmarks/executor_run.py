@@ -22,14 +22,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.cli_run import parse_size
-from api.progress import progress
 from benchmarks.common import SHARED, geomean, markdown_table, write_results
-from executor.local_run import RunSettings, run_plan
-from executor.local_world import LocalWorld
-from planner import build_problem, parse_request
-from planner.synthetic import scaled_request
-from solver import SolveOptions, make_plan
+from meshcast.api.cli_run import parse_size
+from meshcast.api.progress import progress
+from meshcast.executor.local_run import RunSettings, run_plan
+from meshcast.executor.local_world import LocalWorld
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.synthetic import scaled_request
+from meshcast.solver import SolveOptions, make_plan
 
 PLANS = [
     ("sendrecv", "chain"),

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, write_results
-from executor import Executor
-from executor.local_world import LocalWorld
-from pipeline.boundaries import reversed_request
-from pipeline.schedules import stage_ops
-from planner import parse_request
-from planner.plan import Plan
-from solver import plan_request
+from meshcast.executor import Executor
+from meshcast.executor.local_world import LocalWorld
+from meshcast.pipeline.boundaries import reversed_request
+from meshcast.pipeline.schedules import stage_ops
+from meshcast.planner import parse_request
+from meshcast.planner.plan import Plan
+from meshcast.solver import plan_request
 
 NUM_STAGES, TP = 2, 2
 SCHEDULES = ("1f1b", "eager-1f1b")
@@ -223,9 +223,9 @@ def main() -> None:
         args.hidden,
     ]
     if args.testbed:
-        from testbed import network
-        from testbed.bench import spec_for
-        from testbed.launch import run_job
+        from meshcast.testbed import network
+        from meshcast.testbed.bench import spec_for
+        from meshcast.testbed.launch import run_job
 
         spec = spec_for(request, "pipeline", args.nic_gbps, request.cluster.latency_us)
         job = {

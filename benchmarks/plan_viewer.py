@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.viewer import plan_page
 from benchmarks.common import RESULTS, SHARED
-from planner import build_problem, parse_request
-from solver import SolveOptions, make_plan
+from meshcast.api.viewer import plan_page
+from meshcast.planner import build_problem, parse_request
+from meshcast.solver import SolveOptions, make_plan
 
 
 def main() -> int:

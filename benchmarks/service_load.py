@@ -26,9 +26,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.progress import progress
 from benchmarks.common import markdown_table, write_results
-from planner.synthetic import shared_like_request
+from meshcast.api.progress import progress
+from meshcast.planner.synthetic import shared_like_request
 from tests.api.server import running_server
 
 

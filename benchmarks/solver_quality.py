@@ -19,13 +19,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.progress import progress
 from benchmarks.common import RESULTS, geomean, load_plancheck, markdown_table, write_results
-from planner import build_problem, parse_request
-from planner.simulate import check_plan
-from planner.synthetic import shared_like_request
-from solver import ALGORITHMS, SolveOptions, make_plan
-from solver.items import coalesce
+from meshcast.api.progress import progress
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.simulate import check_plan
+from meshcast.planner.synthetic import shared_like_request
+from meshcast.solver import ALGORITHMS, SolveOptions, make_plan
+from meshcast.solver.items import coalesce
 
 REFERENCE = ("sendrecv", "broadcast", "alpa-order")
 HELD_OUT_ALGORITHMS = ("broadcast-lb", "alpa-order", "greedy", "milp", "cpsat", "auto")

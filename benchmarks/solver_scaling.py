@@ -24,15 +24,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.progress import progress
 from benchmarks.common import RESULTS, markdown_table, write_results
-from planner import build_problem, parse_request
-from planner.synthetic_scale import (
+from meshcast.api.progress import progress
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.synthetic_scale import (
     boundary_request,
     deepseek_v3_stacked_refit,
     qwen3_235b_per_expert_refit,
 )
-from solver import SolveOptions, make_plan
+from meshcast.solver import SolveOptions, make_plan
 
 ALGORITHMS = ("greedy", "auto")
 #: builds one request of a sweep when called

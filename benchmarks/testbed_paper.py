@@ -19,12 +19,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.cli_run import parse_size
-from api.progress import progress
 from benchmarks.common import RESULTS, SHARED, geomean, markdown_table, write_results
-from planner import parse_request
-from planner.synthetic import scaled_request
-from testbed.bench import bench, bench_steps
+from meshcast.api.cli_run import parse_size
+from meshcast.api.progress import progress
+from meshcast.planner import parse_request
+from meshcast.planner.synthetic import scaled_request
+from meshcast.testbed.bench import bench, bench_steps
 
 DEFAULT_CASES = [
     "paper-1tom-1x2",

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from executor.executor import Executor
-from executor.local_world import LocalWorld
-from planner import build_problem, parse_request
-from planner.fused import Attention, Slice, block_sizes, megatron_qkv, vllm_qkv
-from planner.plan import Plan
-from solver import SolveOptions, make_plan
+from meshcast.executor.executor import Executor
+from meshcast.executor.local_world import LocalWorld
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.fused import Attention, Slice, block_sizes, megatron_qkv, vllm_qkv
+from meshcast.planner.plan import Plan
+from meshcast.solver import SolveOptions, make_plan
 
 TRAIN_TP, ENGINE_TP, ENGINES = 4, 2, 2
 #: trainer on host 0 (ranks 0-3), two engines on host 1 (ranks 4-5 and 6-7)

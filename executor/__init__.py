@@ -1,6 +1,6 @@
 """meshcast executor: runs a `meshcast.plan/v1` inside a torch.distributed job (DESIGN §5)."""
 
-from executor.executor import (
+from meshcast.executor.executor import (
     MODES,
     Executor,
     InvalidPlanError,

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from executor import transport
-from executor.executor import default_device
+from meshcast.executor import transport
+from meshcast.executor.executor import default_device
 
 
 def host_id() -> str:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from executor.program import DESTINATION, SOURCE, RankProgram, RankStep
-from planner.boxes import intersect, volume
-from planner.mesh import Box
+from meshcast.executor.program import DESTINATION, SOURCE, RankProgram, RankStep
+from meshcast.planner.boxes import intersect, volume
+from meshcast.planner.mesh import Box
 
 
 def _slices(outer: Box, inner: Box) -> tuple[slice, ...]:

@@ -21,13 +21,13 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from executor.arguments import agree
-from executor.calibrate import world_hosts
-from executor.dtypes import DTYPE_NAMES
-from executor.executor import Executor, Mode
-from planner.plan import Plan
-from planner.request import Request, parse_request
-from solver import plan_request
+from meshcast.executor.arguments import agree
+from meshcast.executor.calibrate import world_hosts
+from meshcast.executor.dtypes import DTYPE_NAMES
+from meshcast.executor.executor import Executor, Mode
+from meshcast.planner.plan import Plan
+from meshcast.planner.request import Request, parse_request
+from meshcast.solver import plan_request
 
 #: prepared executors kept per (request, mode); each holds process groups and buffers
 CACHE_SIZE = 16

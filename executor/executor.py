@@ -29,12 +29,12 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from executor import transport
-from executor.arguments import Expected, agree, check_arguments
-from executor.chunks import LocalTensors
-from executor.dtypes import TORCH_DTYPES
-from executor.local_data import LocalData, Shards, as_local_data, region_views
-from executor.program import (
+from meshcast.executor import transport
+from meshcast.executor.arguments import Expected, agree, check_arguments
+from meshcast.executor.chunks import LocalTensors
+from meshcast.executor.dtypes import TORCH_DTYPES
+from meshcast.executor.local_data import LocalData, Shards, as_local_data, region_views
+from meshcast.executor.program import (
     RankProgram,
     RankStep,
     broadcast_groups,
@@ -42,12 +42,12 @@ from executor.program import (
     numbered,
     rank_program,
 )
-from executor.relays import fold_relays
-from executor.wire import ALIGN_BYTES, align_up
-from planner.plan import Plan
-from planner.problem import build_problem
-from planner.request import Request
-from planner.simulate import simulate
+from meshcast.executor.relays import fold_relays
+from meshcast.executor.wire import ALIGN_BYTES, align_up
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import build_problem
+from meshcast.planner.request import Request
+from meshcast.planner.simulate import simulate
 
 Mode = Literal["chain", "broadcast"]
 MODES: tuple[Mode, ...] = ("chain", "broadcast")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from executor.program import Region
+from meshcast.executor.program import Region
 
 #: what a rank passes (sources, `out`) and gets back per tensor name
 LocalData = torch.Tensor | Sequence[torch.Tensor]

@@ -18,19 +18,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from executor.dtypes import TORCH_DTYPES
-from executor.executor import STAGING_BYTES, Executor, Mode
-from executor.local_data import LocalData, as_local_data, region_view
-from executor.local_world import LocalWorld
-from executor.memory import PeakMemory
-from executor.program import Region
-from executor.reference import reference_box, same_bytes
-from executor.transport import CHUNK_BYTES
-from planner.boxes import volume
-from planner.holdings import Holding
-from planner.plan import Plan
-from planner.problem import Problem, build_problem
-from planner.request import Request, TensorSpec, parse_request
+from meshcast.executor.dtypes import TORCH_DTYPES
+from meshcast.executor.executor import STAGING_BYTES, Executor, Mode
+from meshcast.executor.local_data import LocalData, as_local_data, region_view
+from meshcast.executor.local_world import LocalWorld
+from meshcast.executor.memory import PeakMemory
+from meshcast.executor.program import Region
+from meshcast.executor.reference import reference_box, same_bytes
+from meshcast.executor.transport import CHUNK_BYTES
+from meshcast.planner.boxes import volume
+from meshcast.planner.holdings import Holding
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem, build_problem
+from meshcast.planner.request import Request, TensorSpec, parse_request
 
 
 @dataclass(frozen=True)

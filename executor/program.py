@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from executor.wire import Message, align_up, wire_layout
-from planner.boxes import intersect, subtract, volume
-from planner.mesh import Box
-from planner.plan import Plan, Transfer
-from planner.problem import Problem
-from planner.route import transfer_route
+from meshcast.executor.wire import Message, align_up, wire_layout
+from meshcast.planner.boxes import intersect, subtract, volume
+from meshcast.planner.mesh import Box
+from meshcast.planner.plan import Plan, Transfer
+from meshcast.planner.problem import Problem
+from meshcast.planner.route import transfer_route
 
 SOURCE, DESTINATION, RELAY = "source", "destination", "relay"
 

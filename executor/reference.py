@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from executor.dtypes import TORCH_DTYPES
-from planner.mesh import Box
+from meshcast.executor.dtypes import TORCH_DTYPES
+from meshcast.planner.mesh import Box
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -16,9 +16,9 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import replace
 
-from planner.boxes import contains, intersect
-from planner.plan import Piece, Plan, Transfer
-from planner.problem import Problem
+from meshcast.planner.boxes import contains, intersect
+from meshcast.planner.plan import Piece, Plan, Transfer
+from meshcast.planner.problem import Problem
 
 
 def _keeps_none(problem: Problem, device: int, piece: Piece) -> bool:

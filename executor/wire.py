@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from planner.mesh import Box
+from meshcast.planner.mesh import Box
 
 #: every piece starts at a multiple of this (the largest element size), as does every chunk
 ALIGN_BYTES = 8

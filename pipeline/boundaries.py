@@ -11,9 +11,9 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.simulate import Timing
-from planner.plan import Plan
-from planner.request import Request, parse_request
+from meshcast.pipeline.simulate import Timing
+from meshcast.planner.plan import Plan
+from meshcast.planner.request import Request, parse_request
 
 
 def reversed_request(request: Request) -> Request:

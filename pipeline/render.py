@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.simulate import PipelineResult
+from meshcast.pipeline.simulate import PipelineResult
 
 
 def _lanes(result: PipelineResult) -> list[str]:

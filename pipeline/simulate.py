@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.schedules import Op, ScheduleError, peak_inflight
+from meshcast.pipeline.schedules import Op, ScheduleError, peak_inflight
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Pure data and geometry: no I/O, no torch, no solver imports.
 """
 
-from planner.errors import PlanFormatError, RequestError
-from planner.problem import Problem, build_problem
-from planner.request import Request, parse_request
+from meshcast.planner.errors import PlanFormatError, RequestError
+from meshcast.planner.problem import Problem, build_problem
+from meshcast.planner.request import Request, parse_request
 
 __all__ = [
     "PlanFormatError",

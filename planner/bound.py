@@ -16,9 +16,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from planner.maxflow import FlowNetwork
-from planner.tiles import Tiles
-from planner.topology import Topology
+from meshcast.planner.maxflow import FlowNetwork
+from meshcast.planner.tiles import Tiles
+from meshcast.planner.topology import Topology
 
 
 def lower_bound_s(topo: Topology, tiles: Tiles, dst_devices: frozenset[int]) -> float:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from planner.mesh import Box
+from meshcast.planner.mesh import Box
 
 #: `covers` tests pairwise disjointness with numpy up to this many boxes
 DISJOINT_CHECK_MAX = 256

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from planner.route import Route, transfer_route
-from planner.topology import Topology
+from meshcast.planner.route import Route, transfer_route
+from meshcast.planner.topology import Topology
 
 
 def transfer_cost(

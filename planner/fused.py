@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.mesh import Box
+from meshcast.planner.mesh import Box
 
 #: a slice of a part: (part name, first row, one past the last row), rows along the fused dim
 Slice = tuple[str, int, int]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from planner.boxes import volume
-from planner.mesh import Box, Interval, axes_sharding, dim_intervals, mesh_coords
-from planner.request import Layout, MeshSpec
+from meshcast.planner.boxes import volume
+from meshcast.planner.mesh import Box, Interval, axes_sharding, dim_intervals, mesh_coords
+from meshcast.planner.request import Layout, MeshSpec
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, cast
 
-from planner.bulk import collection_paused
-from planner.errors import PlanFormatError
-from planner.mesh import Box
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.errors import PlanFormatError
+from meshcast.planner.mesh import Box
 
 PLAN_FORMAT = "meshcast.plan/v1"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from planner.bound import lower_bound_s
-from planner.boxes import volume
-from planner.holdings import Holding, holdings
-from planner.mesh import Box
-from planner.plan import Piece
-from planner.request import Request
-from planner.stacking import Stacking, stack_identical
-from planner.tiles import Tiles, build_tiles
-from planner.topology import Topology
+from meshcast.planner.bound import lower_bound_s
+from meshcast.planner.boxes import volume
+from meshcast.planner.holdings import Holding, holdings
+from meshcast.planner.mesh import Box
+from meshcast.planner.plan import Piece
+from meshcast.planner.request import Request
+from meshcast.planner.stacking import Stacking, stack_identical
+from meshcast.planner.tiles import Tiles, build_tiles
+from meshcast.planner.topology import Topology
 
 
 @dataclass(frozen=True)

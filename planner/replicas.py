@@ -23,9 +23,9 @@ from typing import overload
 
 import numpy as np
 
-from planner.boxes import contains
-from planner.plan import Piece, Transfer, transfer_text, transfer_text_format
-from planner.topology import Topology
+from meshcast.planner.boxes import contains
+from meshcast.planner.plan import Piece, Transfer, transfer_text, transfer_text_format
+from meshcast.planner.topology import Topology
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from planner.boxes import covers, grid_cuts
-from planner.bulk import collection_paused
-from planner.dtypes import ITEMSIZE_BYTES
-from planner.errors import RequestError
-from planner.mesh import Box, Placement, Strided
+from meshcast.planner.boxes import covers, grid_cuts
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.dtypes import ITEMSIZE_BYTES
+from meshcast.planner.errors import RequestError
+from meshcast.planner.mesh import Box, Placement, Strided
 
 MAX_TENSOR_BYTES = 1 << 50  # 1 PiB: anything larger is a unit mistake, not a tensor
 #: longest tensor dim (elements)

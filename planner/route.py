@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.topology import Topology
+from meshcast.planner.topology import Topology
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from planner.boxes import TimedBoxes, contains, covers, uncovered_volume
-from planner.cost import transfer_cost
-from planner.mesh import Box
-from planner.plan import Plan, Transfer
-from planner.problem import Problem
+from meshcast.planner.boxes import TimedBoxes, contains, covers, uncovered_volume
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.mesh import Box
+from meshcast.planner.plan import Plan, Transfer
+from meshcast.planner.problem import Problem
 
 
 class PortClock:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from planner.mesh import Placement, Strided
-from planner.plan import Piece, Transfer
-from planner.request import Layout, Request, TensorSpec
+from meshcast.planner.mesh import Placement, Strided
+from meshcast.planner.plan import Piece, Transfer
+from meshcast.planner.request import Layout, Request, TensorSpec
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.plan import Plan
-from planner.problem import Problem
-from planner.simulate import Simulation, check_plan
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import Simulation, check_plan
 
 #: the keys of every summary, in order
 SUMMARY_KEYS = (

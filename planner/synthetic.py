@@ -13,7 +13,7 @@ import math
 import random
 from typing import Any
 
-from planner.dtypes import ITEMSIZE_BYTES
+from meshcast.planner.dtypes import ITEMSIZE_BYTES
 
 DTYPES = ("float32", "bfloat16", "float16", "int8", "float64")
 

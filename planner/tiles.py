@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.boxes import grid_cuts
-from planner.holdings import holdings
-from planner.mesh import axes_sharding, dim_chunks, mesh_coords
-from planner.request import Layout, MeshSpec, Request, TensorSpec
+from meshcast.planner.boxes import grid_cuts
+from meshcast.planner.holdings import holdings
+from meshcast.planner.mesh import axes_sharding, dim_chunks, mesh_coords
+from meshcast.planner.request import Layout, MeshSpec, Request, TensorSpec
 
 
 @dataclass(frozen=True)

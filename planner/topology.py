@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.request import ClusterSpec
+from meshcast.planner.request import ClusterSpec
 
 
 @dataclass(frozen=True)

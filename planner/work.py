@@ -11,10 +11,17 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from planner.boxes import grid_cuts
-from planner.errors import RequestError
-from planner.mesh import Interval, Placement, Strided, mesh_coords, placement_dim, shard_intervals
-from planner.request import MeshSpec, Request, TensorSpec
+from meshcast.planner.boxes import grid_cuts
+from meshcast.planner.errors import RequestError
+from meshcast.planner.mesh import (
+    Interval,
+    Placement,
+    Strided,
+    mesh_coords,
+    placement_dim,
+    shard_intervals,
+)
+from meshcast.planner.request import MeshSpec, Request, TensorSpec
 
 #: what planning takes beyond the tiles and ports (interpreter, numpy, solver modules)
 BASE_BYTES = 64 << 20

@@ -16,9 +16,9 @@ import random
 import statistics
 import time
 
-from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
-from solver.moves import MoveList, tile_pieces
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions, SolveResult
+from meshcast.solver.moves import MoveList, tile_pieces
 
 DRAWS_PER_ROUND = 100
 

@@ -16,19 +16,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from planner.plan import SolveStatus
-from planner.problem import Problem
-from planner.replicas import num_copied
-from solver.backends import MissingBackend, backend
-from solver.base import CHECK_S_PER_MOVE, PLAN_SOLVER_SHARE, SolveOptions, SolveResult, build_s
-from solver.components import Component, assemble, components, first_of_kind
-from solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
-from solver.items import Item, coalesce
-from solver.jobs import jobs_with_hint
-from solver.moves import MoveList
-from solver.order import best_schedule, in_order, port_loads, randomized_search
-from solver.recipes import Job
-from solver.routing import Routing, realize, result_makespan_s, to_result
+from meshcast.planner.plan import SolveStatus
+from meshcast.planner.problem import Problem
+from meshcast.planner.replicas import num_copied
+from meshcast.solver.backends import MissingBackend, backend
+from meshcast.solver.base import (
+    CHECK_S_PER_MOVE,
+    PLAN_SOLVER_SHARE,
+    SolveOptions,
+    SolveResult,
+    build_s,
+)
+from meshcast.solver.components import Component, assemble, components, first_of_kind
+from meshcast.solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
+from meshcast.solver.items import Item, coalesce
+from meshcast.solver.jobs import jobs_with_hint
+from meshcast.solver.moves import MoveList
+from meshcast.solver.order import best_schedule, in_order, port_loads, randomized_search
+from meshcast.solver.recipes import Job
+from meshcast.solver.routing import Routing, realize, result_makespan_s, to_result
 
 #: largest CP-SAT model (optional intervals) and MILP (route columns) auto hands over
 MAX_CP_INTERVALS = 12_000

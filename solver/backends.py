@@ -12,8 +12,8 @@ from typing import Any
 
 #: function name -> (module, the package it needs)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "cpsat_routing": ("solver.cpsat", "ortools"),
-    "milp_routing": ("solver.milp", "pulp"),
+    "cpsat_routing": ("meshcast.solver.cpsat", "ortools"),
+    "milp_routing": ("meshcast.solver.milp", "pulp"),
 }
 
 

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from planner.plan import SolveStatus, Transfer
-from planner.problem import Problem
-from planner.replicas import CopiedTransfers, Replicas, num_copied
-from solver.moves import Move
+from meshcast.planner.plan import SolveStatus, Transfer
+from meshcast.planner.problem import Problem
+from meshcast.planner.replicas import CopiedTransfers, Replicas, num_copied
+from meshcast.solver.moves import Move
 
 #: the share of a time limit `make_plan` gives a time-limited algorithm (the rest is for
 #: building and checking its plan)

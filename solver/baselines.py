@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
-from solver.moves import MoveList, split_piece, tile_pieces
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions, SolveResult
+from meshcast.solver.moves import MoveList, split_piece, tile_pieces
 
 
 def _natural(moves: MoveList) -> SolveResult:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from planner.problem import Problem
-from planner.replicas import Copy, Replicas
-from solver.items import Item
-from solver.moves import Move, MoveList
-from solver.routing import Routing, realize
+from meshcast.planner.problem import Problem
+from meshcast.planner.replicas import Copy, Replicas
+from meshcast.solver.items import Item
+from meshcast.solver.moves import Move, MoveList
+from meshcast.solver.routing import Routing, realize
 
 Label = tuple[int, int]  # (host rank in the component, position on the host)
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from planner.plan import SolveStatus
-from planner.problem import Problem
-from solver.base import SolveOptions
-from solver.items import Item
-from solver.moves import MoveList
-from solver.order import best_schedule
-from solver.recipes import Job
-from solver.routing import Routing, realize
+from meshcast.planner.plan import SolveStatus
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions
+from meshcast.solver.items import Item
+from meshcast.solver.moves import MoveList
+from meshcast.solver.order import best_schedule
+from meshcast.solver.recipes import Job
+from meshcast.solver.routing import Routing, realize
 
 #: time resolution: the sum of rounding over a whole plan stays below this share of the bound
 ROUNDING_SHARE = 1e-7

@@ -28,15 +28,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from planner.bulk import collection_paused
-from planner.plan import SolveStatus
-from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult, build_s
-from solver.baselines import broadcast_lb, sendrecv
-from solver.components import Component, assemble, components, first_of_kind
-from solver.items import Item, bundle, coalesce
-from solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs, rail_filling
-from solver.routing import Routing, result_makespan_s, to_result
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.plan import SolveStatus
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions, SolveResult, build_s
+from meshcast.solver.baselines import broadcast_lb, sendrecv
+from meshcast.solver.components import Component, assemble, components, first_of_kind
+from meshcast.solver.items import Item, bundle, coalesce
+from meshcast.solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs, rail_filling
+from meshcast.solver.routing import Routing, result_makespan_s, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from planner.plan import Piece
-from planner.problem import Problem
-from solver.moves import tile_pieces
+from meshcast.planner.plan import Piece
+from meshcast.planner.problem import Problem
+from meshcast.solver.moves import tile_pieces
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from planner.problem import Problem
-from solver.greedy import route_all
-from solver.items import Item
-from solver.recipes import Job, item_jobs
+from meshcast.planner.problem import Problem
+from meshcast.solver.greedy import route_all
+from meshcast.solver.items import Item
+from meshcast.solver.recipes import Job, item_jobs
 
 
 def jobs_with_hint(problem: Problem, items: Sequence[Item]) -> list[Job]:

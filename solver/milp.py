@@ -20,12 +20,12 @@ from collections.abc import Sequence
 
 import pulp
 
-from planner.plan import SolveStatus
-from planner.problem import Problem
-from solver.base import SolveOptions
-from solver.items import Item
-from solver.recipes import Job
-from solver.routing import Routing, Share
+from meshcast.planner.plan import SolveStatus
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions
+from meshcast.solver.items import Item
+from meshcast.solver.recipes import Job
+from meshcast.solver.routing import Routing, Share
 
 _HIGHS = "HiGHS" in pulp.listSolvers(onlyAvailable=True)
 

@@ -10,10 +10,10 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.cost import transfer_cost
-from planner.mesh import Box
-from planner.plan import Piece, Transfer
-from planner.problem import Problem
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.mesh import Box
+from meshcast.planner.plan import Piece, Transfer
+from meshcast.planner.problem import Problem
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.simulate import PortClock
-from solver.moves import Move
+from meshcast.planner.simulate import PortClock
+from meshcast.solver.moves import Move
 
 
 @dataclass(frozen=True)

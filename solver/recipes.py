@@ -15,9 +15,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from planner.cost import transfer_cost
-from planner.problem import Problem
-from solver.items import Item
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.problem import Problem
+from meshcast.solver.items import Item
 
 #: most senders tried per remote job
 MAX_SENDERS = 8

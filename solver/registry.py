@@ -6,20 +6,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from planner.bulk import collection_paused
-from planner.errors import RequestError
-from planner.plan import Plan, SolveStatus, Transfer
-from planner.problem import Problem, build_problem
-from planner.replicas import CopiedTransfers, copied_devices, with_copies
-from planner.request import Request
-from planner.simulate import simulate
-from solver.alpa_order import alpa_order
-from solver.auto import auto, solve_by_components
-from solver.backends import BACKENDS, MissingBackend, backend
-from solver.base import PLAN_SOLVER_SHARE, Algorithm, SolveOptions, SolveResult
-from solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
-from solver.greedy import greedy
-from solver.search import search
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.errors import RequestError
+from meshcast.planner.plan import Plan, SolveStatus, Transfer
+from meshcast.planner.problem import Problem, build_problem
+from meshcast.planner.replicas import CopiedTransfers, copied_devices, with_copies
+from meshcast.planner.request import Request
+from meshcast.planner.simulate import simulate
+from meshcast.solver.alpa_order import alpa_order
+from meshcast.solver.auto import auto, solve_by_components
+from meshcast.solver.backends import BACKENDS, MissingBackend, backend
+from meshcast.solver.base import PLAN_SOLVER_SHARE, Algorithm, SolveOptions, SolveResult
+from meshcast.solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
+from meshcast.solver.greedy import greedy
+from meshcast.solver.search import search
 
 
 def _by_components(name: str) -> Algorithm:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.plan import Piece, SolveStatus
-from planner.problem import Problem
-from solver.base import SolveResult
-from solver.items import Item
-from solver.moves import MoveList, split_piece
-from solver.order import best_schedule, in_order, is_valid_order
-from solver.recipes import Recipe
+from meshcast.planner.plan import Piece, SolveStatus
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveResult
+from meshcast.solver.items import Item
+from meshcast.solver.moves import MoveList, split_piece
+from meshcast.solver.order import best_schedule, in_order, is_valid_order
+from meshcast.solver.recipes import Recipe
 
 #: (recipe, fraction of the item it carries)
 Share = tuple[Recipe, float]

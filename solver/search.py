@@ -13,12 +13,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-from planner.cost import transfer_cost
-from planner.problem import Problem
-from solver.base import SolveOptions, SolveResult
-from solver.baselines import broadcast_lb
-from solver.moves import MoveList, tile_pieces
-from solver.order import in_order
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.problem import Problem
+from meshcast.solver.base import SolveOptions, SolveResult
+from meshcast.solver.baselines import broadcast_lb
+from meshcast.solver.moves import MoveList, tile_pieces
+from meshcast.solver.order import in_order
 
 #: deeper searches than this only make the first (greedy) dive
 MAX_DEPTH = 400

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from executor.local_run import summarize
-from planner import build_problem, parse_request
-from planner.request import Request
-from solver import SolveOptions, make_plan
-from testbed import network
-from testbed.launch import run_job
+from meshcast.executor.local_run import summarize
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.request import Request
+from meshcast.solver import SolveOptions, make_plan
+from meshcast.testbed import network
+from meshcast.testbed.launch import run_job
 
 #: chunks of 1 MiB keep a chain's pipeline fill small at testbed rates (about 1 Gbit/s)
 TESTBED_CHUNK_BYTES = 1 << 20

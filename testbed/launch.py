@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.network import TestbedError, TestbedSpec, host_address
+from meshcast.testbed.network import TestbedError, TestbedSpec, host_address
 
 #: rank 0's store port; free by construction, the namespace is the testbed's own
 STORE_PORT = 29400
@@ -44,7 +44,7 @@ def run_job(spec: TestbedSpec, job: dict[str, Any], timeout_s: float) -> list[di
                 spec.namespace(host),
                 sys.executable,
                 "-m",
-                "testbed.worker",
+                "meshcast.testbed.worker",
                 str(job_path),
                 str(rank),
                 tmp,

@@ -20,8 +20,8 @@ import torch.distributed as dist
 
 
 def main(job_path: str, rank: int, out_dir: str) -> None:
-    from executor.calibrate import calibrate
-    from executor.local_run import rank_job
+    from meshcast.executor.calibrate import calibrate
+    from meshcast.executor.local_run import rank_job
 
     job: dict[str, Any] = json.loads(Path(job_path).read_text())
     torch.set_num_threads(1)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from planner import build_problem, parse_request
-from planner.problem import Problem
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.cache.base import CachedPlan, CacheError, PlanCache
-from api.cache.sqlite import SqliteCache
+from meshcast.api.cache.base import CachedPlan, CacheError, PlanCache
+from meshcast.api.cache.sqlite import SqliteCache
 
 
 def open_cache(url: str) -> PlanCache:
     """The cache `url` names (created when missing)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from api.cache.redis_cache import RedisCache
+        from meshcast.api.cache.redis_cache import RedisCache
 
         return RedisCache(url)
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url

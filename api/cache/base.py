@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from planner.bulk import collection_paused
+from meshcast.planner.bulk import collection_paused
 
 
 def decoded(text: str | bytes) -> Any:

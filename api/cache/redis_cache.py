@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from api.cache.base import CachedPlan, CacheError, decoded
+from meshcast.api.cache.base import CachedPlan, CacheError, decoded
 
 _PREFIX = "meshcast:"
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api.cache.base import CachedPlan, CacheError, decoded
+from meshcast.api.cache.base import CachedPlan, CacheError, decoded
 
 log = logging.getLogger("meshcast.cache")
 

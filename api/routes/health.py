@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.deps import CacheDep, MetricsDep, PlannerDep
-from solver import ALGORITHMS
+from meshcast.api.deps import CacheDep, MetricsDep, PlannerDep
+from meshcast.solver import ALGORITHMS
 
 router = APIRouter(tags=["service"])
 

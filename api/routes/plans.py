@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from starlette.requests import Request as StarletteRequest
 
-from api.deps import CacheDep, PlannerDep, SettingsDep
-from api.planning import Overloaded, SolverCrashed
-from api.schemas import (
+from meshcast.api.deps import CacheDep, PlannerDep, SettingsDep
+from meshcast.api.planning import Overloaded, SolverCrashed
+from meshcast.api.schemas import (
     CheckBody,
     CompareAnswer,
     ErrorBody,
@@ -22,15 +22,15 @@ from api.schemas import (
     SummaryBody,
     request_body,
 )
-from api.settings import Settings
-from api.viewer import index_page, plan_page
-from planner import PlanFormatError, RequestError, build_problem, parse_request
-from planner.bulk import collection_paused
-from planner.plan import Plan
-from planner.request import Request
-from planner.summary import summarize
-from planner.work import check_work
-from solver import resolve
+from meshcast.api.settings import Settings
+from meshcast.api.viewer import index_page, plan_page
+from meshcast.planner import PlanFormatError, RequestError, build_problem, parse_request
+from meshcast.planner.bulk import collection_paused
+from meshcast.planner.plan import Plan
+from meshcast.planner.request import Request
+from meshcast.planner.summary import summarize
+from meshcast.planner.work import check_work
+from meshcast.solver import resolve
 
 router = APIRouter(prefix="/v1", tags=["plans"])
 

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
-from api.cache.base import decoded
-from api.deps import PlannerDep, SettingsDep
-from api.planning import Overloaded, SolverCrashed
-from api.routes.plans import (
+from meshcast.api.cache.base import decoded
+from meshcast.api.deps import PlannerDep, SettingsDep
+from meshcast.api.planning import Overloaded, SolverCrashed
+from meshcast.api.routes.plans import (
     ERRORS,
     RawBody,
     accepted_request,
@@ -19,11 +19,11 @@ from api.routes.plans import (
     unavailable,
     unprocessable,
 )
-from api.schemas import ScheduleAnswer, ScheduleBody, request_body
-from pipeline.boundaries import boundary_timing, reversed_request
-from pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
-from pipeline.simulate import Timing, simulate
-from planner.plan import Plan
+from meshcast.api.schemas import ScheduleAnswer, ScheduleBody, request_body
+from meshcast.pipeline.boundaries import boundary_timing, reversed_request
+from meshcast.pipeline.schedules import SCHEDULES, ScheduleError, check_size, generate
+from meshcast.pipeline.simulate import Timing, simulate
+from meshcast.planner.plan import Plan
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
 

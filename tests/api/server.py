@@ -27,7 +27,15 @@ def free_port() -> int:
 def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Yield the base URL of a `meshcast serve` process; stop it gracefully afterwards."""
     port = free_port()
-    command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--log-level"]
+    command = [
+        sys.executable,
+        "-m",
+        "meshcast.api.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+    ]
     with running_process([*command, "warning", *args], port, cwd=ROOT, env=env) as url:
         yield url
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.cache import CacheError, PlanCache, open_cache
-from api.cli import main
+from meshcast.api.cache import CacheError, PlanCache, open_cache
+from meshcast.api.cli import main
 
 PLAN = {
     "format": "meshcast.plan/v1",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
+from meshcast.api.cli import main
 from tests.conftest import CASES_DIR
 
 CASE6 = str(CASES_DIR / "paper-n2m-case6.json")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from api.cache import open_cache
-from api.cli import main
-from planner import parse_request
+from meshcast.api.cache import open_cache
+from meshcast.api.cli import main
+from meshcast.planner import parse_request
 from tests.conftest import CASES_DIR
 
 

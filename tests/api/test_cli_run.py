@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from api.cli_run import parse_size
+from meshcast.api.cli import main
+from meshcast.api.cli_run import parse_size
 from tests.api.server import ROOT, descendants, survivors
 from tests.conftest import CASES_DIR
 
@@ -109,7 +109,7 @@ def test_bad_input_is_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr("api.cli_run._available_memory_bytes", lambda: 4 << 30)
+    monkeypatch.setattr("meshcast.api.cli_run._available_memory_bytes", lambda: 4 << 30)
     assert main(["run", CASE, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1], err
@@ -127,7 +127,7 @@ def test_a_size_that_is_no_size_is_a_usage_error(capsys: pytest.CaptureFixture[s
 def test_a_request_too_large_for_memory_is_scaled_down_and_said_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("api.cli_run._available_memory_bytes", lambda: 6 << 30)
+    monkeypatch.setattr("meshcast.api.cli_run._available_memory_bytes", lambda: 6 << 30)
     assert main(["run", CASE, "--json", "--time-limit", "0.5"]) == 0
     captured = capsys.readouterr()
     assert "do not fit this machine's memory" in captured.err
@@ -156,7 +156,7 @@ def test_parse_size() -> None:
 @pytest.mark.torch
 @pytest.mark.parametrize("after_s", [0.5, 8.0])  # ranks starting (importing torch); running
 def test_ctrl_c_stops_every_rank_quietly(after_s: float) -> None:
-    command = [sys.executable, "-m", "api.cli", "run", CASE, "--max-bytes", "64MiB"]
+    command = [sys.executable, "-m", "meshcast.api.cli", "run", CASE, "--max-bytes", "64MiB"]
     process = subprocess.Popen(
         [*command, "--repeats", "10000", "--time-limit", "0.5"],
         cwd=ROOT,

@@ -16,7 +16,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from api.cli import main
+from meshcast.api.cli import main
 from tests.api.server import running_server
 from tests.conftest import CASES_DIR, SHARED
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from meshcast.api.app import create_app
 from tests.api.test_service import CASE, settings_for
 
 

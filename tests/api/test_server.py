@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.client import MeshcastClient
-from planner.synthetic import shared_like_request
+from meshcast.api.client import MeshcastClient
+from meshcast.planner.synthetic import shared_like_request
 from tests.api.server import free_port, running_server
 from tests.conftest import CASES_DIR, load_case
 
@@ -122,7 +122,7 @@ def test_client_retries_and_falls_back(tmp_path: Path) -> None:
             row["algorithm"] for row in client.compare({**SMALL, "options": {"time_limit_s": 0.2}})
         ]
     with MeshcastClient(url, retries=1, timeout_s=2) as client:  # the server is gone now
-        from planner import parse_request
+        from meshcast.planner import parse_request
 
         request = parse_request(SMALL)
         started = time.monotonic()
@@ -149,7 +149,7 @@ def test_replicas_on_one_redis_solve_once_and_share_plans(redis_url: str) -> Non
 
 
 def test_unreachable_redis_is_one_line_exit_2() -> None:
-    from api.cli import main
+    from meshcast.api.cli import main
 
     assert main(["serve", "--cache", f"redis://127.0.0.1:{free_port()}/0"]) == 2
 
@@ -157,7 +157,7 @@ def test_unreachable_redis_is_one_line_exit_2() -> None:
 def test_plan_command_asks_the_server_and_falls_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from api.cli import main
+    from meshcast.api.cli import main
 
     case = str(CASES_DIR / "paper-1tom-1x2.json")
     with running_server("--cache", str(tmp_path / "c.sqlite3")) as url:

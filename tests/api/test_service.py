@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.cli import main as cli_main
-from api.settings import Settings, SettingsError
-from planner import parse_request
-from planner.summary import SUMMARY_KEYS
-from planner.synthetic_scale import moe_refit_at_scale
+from meshcast.api.app import create_app
+from meshcast.api.cli import main as cli_main
+from meshcast.api.settings import Settings, SettingsError
+from meshcast.planner import parse_request
+from meshcast.planner.summary import SUMMARY_KEYS
+from meshcast.planner.synthetic_scale import moe_refit_at_scale
 from tests.conftest import load_case
 
 CASE = load_case("paper-n2m-case6")

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.cli import main
-from api.viewer import plan_page
-from planner.cost import transfer_cost
-from planner.plan import Plan
-from planner.problem import Problem
-from solver import SolveOptions, make_plan
+from meshcast.api.app import create_app
+from meshcast.api.cli import main
+from meshcast.api.viewer import plan_page
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.plan import Plan
+from meshcast.planner.problem import Problem
+from meshcast.solver import SolveOptions, make_plan
 from tests.api.test_service import CASE, settings_for
 from tests.conftest import CASES_DIR, load_case, problem_of
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from executor.local_world import LocalWorld
+from meshcast.executor.local_world import LocalWorld
 
 #: enough ranks for the largest paper layout (case6: 20 devices); smaller requests leave the
 #: remaining ranks in neither mesh, which every test thereby covers

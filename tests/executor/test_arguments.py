@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from executor.arguments import Expected, check_arguments  # noqa: E402
+from meshcast.executor.arguments import Expected, check_arguments  # noqa: E402
 
 CPU = torch.device("cpu")
 SOURCES = {"w": Expected(((4, 6),), torch.bfloat16)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
+from meshcast.api.cli import main
 from tests.api.server import free_port
 
 pytest.importorskip("torch")
@@ -29,7 +29,7 @@ def test_calibrate_under_torchrun() -> None:
             "--master-port",
             str(free_port()),
             "-m",
-            "api.cli",
+            "meshcast.api.cli",
             "calibrate",
             "--bytes",
             "4MiB",

@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from executor.chunks import LocalTensors  # noqa: E402
-from executor.dtypes import TORCH_DTYPES  # noqa: E402
-from executor.local_run import strided_copy  # noqa: E402
-from executor.program import numbered, rank_program  # noqa: E402
-from executor.reference import reference_box, same_bytes  # noqa: E402
-from planner import build_problem, parse_request  # noqa: E402
-from planner.plan import Piece, Plan, Transfer  # noqa: E402
+from meshcast.executor.chunks import LocalTensors  # noqa: E402
+from meshcast.executor.dtypes import TORCH_DTYPES  # noqa: E402
+from meshcast.executor.local_run import strided_copy  # noqa: E402
+from meshcast.executor.program import numbered, rank_program  # noqa: E402
+from meshcast.executor.reference import reference_box, same_bytes  # noqa: E402
+from meshcast.planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner.plan import Piece, Plan, Transfer  # noqa: E402
 
 REQUEST = {
     "tensors": [

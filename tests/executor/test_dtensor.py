@@ -19,9 +19,9 @@ from torch.distributed.tensor import (  # noqa: E402
 )
 from torch.distributed.tensor.placement_types import _StridedShard  # noqa: E402
 
-from executor import dtensor  # noqa: E402
-from executor.local_world import LocalWorld, RankFailure  # noqa: E402
-from executor.reference import reference_box, same_bytes  # noqa: E402
+from meshcast.executor import dtensor  # noqa: E402
+from meshcast.executor.local_world import LocalWorld, RankFailure  # noqa: E402
+from meshcast.executor.reference import reference_box, same_bytes  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

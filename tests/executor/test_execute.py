@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 
-from executor import MODES, Executor  # noqa: E402
-from executor.local_run import (  # noqa: E402
+from meshcast.executor import MODES, Executor  # noqa: E402
+from meshcast.executor.local_run import (  # noqa: E402
     RunSettings,
     destination_tensors,
     rank_job,
@@ -22,12 +22,12 @@ from executor.local_run import (  # noqa: E402
     run_plan,
     verify_received,
 )
-from executor.local_world import LocalWorld, RankFailure  # noqa: E402
-from executor.relays import fold_relays  # noqa: E402
-from planner import build_problem, parse_request  # noqa: E402
-from planner.plan import Plan  # noqa: E402
-from planner.synthetic import random_request  # noqa: E402
-from solver import SolveOptions, make_plan  # noqa: E402
+from meshcast.executor.local_world import LocalWorld, RankFailure  # noqa: E402
+from meshcast.executor.relays import fold_relays  # noqa: E402
+from meshcast.planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner.plan import Plan  # noqa: E402
+from meshcast.planner.synthetic import random_request  # noqa: E402
+from meshcast.solver import SolveOptions, make_plan  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -158,9 +158,9 @@ def test_long_chain_across_hosts_is_bit_exact(world: LocalWorld) -> None:
 
 def test_bundled_plan_is_bit_exact(world: LocalWorld) -> None:
     # every item bundled: one message per sender and receiving hosts, each device its own pieces
-    from solver.greedy import greedy_routing
-    from solver.items import bundle, coalesce
-    from solver.routing import to_result
+    from meshcast.solver.greedy import greedy_routing
+    from meshcast.solver.items import bundle, coalesce
+    from meshcast.solver.routing import to_result
 
     parsed = parse_request(BASE)
     problem = build_problem(parsed)

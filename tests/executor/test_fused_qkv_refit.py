@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 
 from examples.fused_qkv_refit import refit
-from executor.local_world import LocalWorld
-from planner.fused import Attention
+from meshcast.executor.local_world import LocalWorld
+from meshcast.planner.fused import Attention
 
 pytestmark = pytest.mark.torch
 

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from executor.executor import Mode
-from executor.local_run import RunSettings, run_plan
-from executor.local_world import LocalWorld
-from planner import build_problem, parse_request
-from planner.dtypes import ITEMSIZE_BYTES
-from planner.synthetic import scaled_request, with_multibox_layouts
-from solver import SolveOptions, make_plan
+from meshcast.executor.executor import Mode
+from meshcast.executor.local_run import RunSettings, run_plan
+from meshcast.executor.local_world import LocalWorld
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.dtypes import ITEMSIZE_BYTES
+from meshcast.planner.synthetic import scaled_request, with_multibox_layouts
+from meshcast.solver import SolveOptions, make_plan
 from tests.conftest import load_case
 
 pytestmark = pytest.mark.torch

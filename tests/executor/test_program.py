@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from executor.program import (  # noqa: E402
+from meshcast.executor.program import (  # noqa: E402
     DESTINATION,
     RELAY,
     LocalCopy,
@@ -17,10 +17,10 @@ from executor.program import (  # noqa: E402
     numbered,
     rank_program,
 )
-from executor.reference import reference_box, same_bytes  # noqa: E402
-from planner import build_problem, parse_request  # noqa: E402
-from planner.plan import Piece, Plan, Transfer  # noqa: E402
-from planner.synthetic import scaled_request  # noqa: E402
+from meshcast.executor.reference import reference_box, same_bytes  # noqa: E402
+from meshcast.planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner.plan import Piece, Plan, Transfer  # noqa: E402
+from meshcast.planner.synthetic import scaled_request  # noqa: E402
 from tests.conftest import load_case  # noqa: E402
 
 REQUEST = {
@@ -175,17 +175,17 @@ def test_scaled_request_keeps_layouts_and_fits_the_budget() -> None:
 
 
 def test_reference_boxes_computed_in_slabs_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    import executor.reference
+    import meshcast.executor.reference
 
     box = ((1, 9), (0, 11), (2, 7))
     whole = reference_box("s", (9, 11, 7), "int32", box)
-    monkeypatch.setattr(executor.reference, "SLAB_ELEMENTS", 50)
+    monkeypatch.setattr(meshcast.executor.reference, "SLAB_ELEMENTS", 50)
     assert same_bytes(reference_box("s", (9, 11, 7), "int32", box), whole)
 
 
 def test_scaled_request_halves_blocks_exactly() -> None:
     from examples.fused_qkv_refit import request
-    from planner.fused import Attention
+    from meshcast.planner.fused import Attention
 
     full = request(Attention(32, 8, 128, 4096), True, "auto")
     scaled = scaled_request(full, 1 << 20)

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from executor.program import numbered, rank_program
-from executor.relays import fold_relays
-from planner import build_problem, parse_request
-from planner.plan import Piece, Plan, Transfer
-from planner.simulate import simulate
-from planner.synthetic import random_request
-from solver import SolveOptions, make_plan
+from meshcast.executor.program import numbered, rank_program
+from meshcast.executor.relays import fold_relays
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.plan import Piece, Plan, Transfer
+from meshcast.planner.simulate import simulate
+from meshcast.planner.synthetic import random_request
+from meshcast.solver import SolveOptions, make_plan
 
 SPLIT = {
     # device 2 needs the top half and enters host 1 for both halves; device 3 needs the bottom

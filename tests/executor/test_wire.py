@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.wire import ALIGN_BYTES, Message, flat_range_boxes, wire_layout
+from meshcast.executor.wire import ALIGN_BYTES, Message, flat_range_boxes, wire_layout
 
 
 @st.composite

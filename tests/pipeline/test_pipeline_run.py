@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 
 from benchmarks.pipeline_run import boundary_request, train
-from executor.local_world import LocalWorld
-from pipeline.boundaries import reversed_request
-from planner import parse_request
-from solver import plan_request
+from meshcast.executor.local_world import LocalWorld
+from meshcast.pipeline.boundaries import reversed_request
+from meshcast.planner import parse_request
+from meshcast.solver import plan_request
 
 pytestmark = pytest.mark.torch
 

@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main
-from pipeline.boundaries import boundary_timing, plan_boundaries, reversed_request
-from pipeline.schedules import Op, ScheduleError, generate, peak_inflight, stage_ops, validate
-from pipeline.simulate import Timing, simulate
-from planner import parse_request
-from solver import plan_request
+from meshcast.api.cli import main
+from meshcast.pipeline.boundaries import boundary_timing, plan_boundaries, reversed_request
+from meshcast.pipeline.schedules import (
+    Op,
+    ScheduleError,
+    generate,
+    peak_inflight,
+    stage_ops,
+    validate,
+)
+from meshcast.pipeline.simulate import Timing, simulate
+from meshcast.planner import parse_request
+from meshcast.solver import plan_request
 from tests.conftest import load_case
 
 

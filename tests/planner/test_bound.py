@@ -8,8 +8,8 @@ from types import ModuleType
 
 import pytest
 
-from planner.bound import send_bound_bytes
-from planner.synthetic import random_request
+from meshcast.planner.bound import send_bound_bytes
+from meshcast.planner.synthetic import random_request
 from tests.conftest import CASE_IDS, load_case, problem_of
 
 

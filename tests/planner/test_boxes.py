@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.boxes import TimedBoxes, covers
-from planner.mesh import Box
+from meshcast.planner.boxes import TimedBoxes, covers
+from meshcast.planner.mesh import Box
 
 SHAPE = (6, 5, 4)
 

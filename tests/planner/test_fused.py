@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from examples import fused_qkv_refit as example  # noqa: E402
-from planner.fused import Attention, Fused, block_sizes, megatron_qkv, vllm_qkv  # noqa: E402
+from meshcast.planner.fused import Attention, Fused, block_sizes, megatron_qkv, vllm_qkv  # noqa: E402
 
 
 def _from_blocks(attn: Attention, slices: list[tuple[str, int, int]]) -> torch.Tensor:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.holdings import holdings
-from planner.mesh import Box, Placement, Strided, dim_chunks, shard_intervals
-from planner.request import Layout, MeshSpec
+from meshcast.planner.holdings import holdings
+from meshcast.planner.mesh import Box, Placement, Strided, dim_chunks, shard_intervals
+from meshcast.planner.request import Layout, MeshSpec
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")

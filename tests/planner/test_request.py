@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from planner import RequestError, parse_request
+from meshcast.planner import RequestError, parse_request
 
 BASE: dict[str, Any] = {
     "tensors": [
@@ -203,7 +203,7 @@ def test_blocks_too_finely_cut_are_refused_before_any_grid_is_built(
     cols = [[[0, 64], [j, j + 1]] for j in range(32)]
     request = with_change("tensors.0.src", {"mesh": "a", "blocks": [rows, cols, [], []]})
     parse_request(request)  # 2,048 cells
-    monkeypatch.setattr("planner.request.MAX_BLOCK_CELLS", 2047)
+    monkeypatch.setattr("meshcast.planner.request.MAX_BLOCK_CELLS", 2047)
     with pytest.raises(RequestError, match="2,048 cells, over the limit of 2,047") as info:
         parse_request(request)
     assert info.value.field == "tensors[0].src.blocks"

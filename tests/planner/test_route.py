@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from planner import build_problem, parse_request
-from planner.cost import route_ports, transfer_cost
-from planner.route import transfer_route
+from meshcast.planner import build_problem, parse_request
+from meshcast.planner.cost import route_ports, transfer_cost
+from meshcast.planner.route import transfer_route
 
 REQUEST = {
     "tensors": [

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from planner import PlanFormatError
-from planner.boxes import covers
-from planner.cost import transfer_cost
-from planner.plan import Piece, Plan, SolveStatus, Transfer
-from planner.simulate import check_plan, simulate
-from solver import SolveOptions, make_plan
+from meshcast.planner import PlanFormatError
+from meshcast.planner.boxes import covers
+from meshcast.planner.cost import transfer_cost
+from meshcast.planner.plan import Piece, Plan, SolveStatus, Transfer
+from meshcast.planner.simulate import check_plan, simulate
+from meshcast.solver import SolveOptions, make_plan
 from tests.conftest import load_case, problem_of
 
 GB = 1e9 / 8  # bytes per second of 1 Gbit/s

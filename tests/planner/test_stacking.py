@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from planner.plan import Piece, Transfer
-from planner.request import parse_request
-from planner.simulate import check_plan, simulate
-from planner.stacking import stack_identical
-from planner.synthetic import moe_refit_request
-from planner.synthetic_scale import moe_refit_at_scale
-from solver import SolveOptions, make_plan
-from solver.greedy import greedy
+from meshcast.planner.plan import Piece, Transfer
+from meshcast.planner.request import parse_request
+from meshcast.planner.simulate import check_plan, simulate
+from meshcast.planner.stacking import stack_identical
+from meshcast.planner.synthetic import moe_refit_request
+from meshcast.planner.synthetic_scale import moe_refit_at_scale
+from meshcast.solver import SolveOptions, make_plan
+from meshcast.solver.greedy import greedy
 from tests.conftest import load_case, problem_of
 
 

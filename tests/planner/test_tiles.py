@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.boxes import contains, intersect, volume
-from planner.synthetic import random_multibox_request, random_request
+from meshcast.planner.boxes import contains, intersect, volume
+from meshcast.planner.synthetic import random_multibox_request, random_request
 from tests.conftest import load_case, problem_of
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner import RequestError, parse_request
-from planner.synthetic import random_multibox_request, random_request
-from planner.work import check_work, estimate_work
+from meshcast.planner import RequestError, parse_request
+from meshcast.planner.synthetic import random_multibox_request, random_request
+from meshcast.planner.work import check_work, estimate_work
 from tests.conftest import CASE_IDS, load_case, problem_of
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from planner.synthetic import random_request
-from solver import ALGORITHMS, SolveOptions, make_plan
-from solver.greedy import greedy
-from solver.routing import result_makespan_s
+from meshcast.planner.synthetic import random_request
+from meshcast.solver import ALGORITHMS, SolveOptions, make_plan
+from meshcast.solver.greedy import greedy
+from meshcast.solver.routing import result_makespan_s
 from tests.conftest import CASE_IDS, load_case, problem_of
 
 FAST = SolveOptions(time_limit_s=0.5, seed=0)

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from planner.plan import SolveStatus
-from planner.synthetic import random_request
-from solver import SolveOptions, make_plan
-from solver.auto import auto
-from solver.components import components
-from solver.items import bundle, coalesce
+from meshcast.planner.plan import SolveStatus
+from meshcast.planner.synthetic import random_request
+from meshcast.solver import SolveOptions, make_plan
+from meshcast.solver.auto import auto
+from meshcast.solver.components import components
+from meshcast.solver.items import bundle, coalesce
 from tests.conftest import load_case, problem_of
 
 

@@ -38,8 +38,8 @@ def test_greedy_and_auto_plan_without_the_optional_solvers(missing: list[str]) -
         missing,
         f"""
         import json
-        from planner import build_problem, parse_request
-        from solver import SolveOptions, make_plan
+        from meshcast.planner import build_problem, parse_request
+        from meshcast.solver import SolveOptions, make_plan
         problem = build_problem(parse_request(json.load(open({CASE!r}))))
         for name in ("greedy", "broadcast-lb", "auto"):
             plan = make_plan(problem, name, SolveOptions(time_limit_s=0.5))
@@ -60,7 +60,7 @@ def test_asking_for_a_missing_solver_is_one_line_naming_its_package(
     done = _without(
         [package],
         f"""
-        from api.cli import main
+        from meshcast.api.cli import main
         sys.exit(main(["plan", {CASE!r}, "--algorithm", {algorithm!r}]))
         """,
     )

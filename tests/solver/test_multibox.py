@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from planner.plan import Transfer
-from planner.problem import Problem
-from planner.simulate import simulate
-from planner.synthetic import random_multibox_request
-from solver import ALGORITHMS, SolveOptions, make_plan
+from meshcast.planner.plan import Transfer
+from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import simulate
+from meshcast.planner.synthetic import random_multibox_request
+from meshcast.solver import ALGORITHMS, SolveOptions, make_plan
 from tests.conftest import problem_of
 
 FAST = SolveOptions(time_limit_s=0.3, seed=0)

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from solver import SolveOptions, make_plan  # noqa: E402
+from meshcast.solver import SolveOptions, make_plan  # noqa: E402
 from tests.conftest import CASE_IDS, load_case, problem_of  # noqa: E402
 
 RECORDED = Path(__file__).with_name("recorded_quality.json")

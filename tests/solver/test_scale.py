@@ -8,19 +8,19 @@ from typing import Any
 
 import pytest
 
-import solver.greedy
-from planner.plan import Plan
-from planner.replicas import CopiedTransfers
-from planner.simulate import check_plan, simulate
-from planner.synthetic_scale import boundary_request
-from solver import SolveOptions, make_plan
-from solver.auto import auto
-from solver.baselines import broadcast_lb, sendrecv
-from solver.components import components
-from solver.greedy import _first_of_kind_tiles, greedy
-from solver.items import coalesce
-from solver.order import in_order
-from solver.routing import result_makespan_s
+import meshcast.solver.greedy
+from meshcast.planner.plan import Plan
+from meshcast.planner.replicas import CopiedTransfers
+from meshcast.planner.simulate import check_plan, simulate
+from meshcast.planner.synthetic_scale import boundary_request
+from meshcast.solver import SolveOptions, make_plan
+from meshcast.solver.auto import auto
+from meshcast.solver.baselines import broadcast_lb, sendrecv
+from meshcast.solver.components import components
+from meshcast.solver.greedy import _first_of_kind_tiles, greedy
+from meshcast.solver.items import coalesce
+from meshcast.solver.order import in_order
+from meshcast.solver.routing import result_makespan_s
 from tests.conftest import CASES_DIR, problem_of
 
 
@@ -45,7 +45,7 @@ def test_a_passed_deadline_still_gives_the_greedy_plan_in_one_pass(
 ) -> None:
     problem = problem_of(boundary_request(2, batch=8, seq=64, hidden=512))
     calls: list[tuple[bool, float | None]] = []
-    routing_of = solver.greedy.greedy_routing
+    routing_of = meshcast.solver.greedy.greedy_routing
 
     def counted(*args: Any) -> Any:
         calls.append((args[2], args[3]))
@@ -54,12 +54,12 @@ def test_a_passed_deadline_still_gives_the_greedy_plan_in_one_pass(
     def never(*_: Any) -> Any:
         raise AssertionError("a baseline was planned after the deadline")
 
-    monkeypatch.setattr(solver.greedy, "greedy_routing", counted)
+    monkeypatch.setattr(meshcast.solver.greedy, "greedy_routing", counted)
     greedy(problem, SolveOptions())
     assert len(calls) > 1  # without a deadline: several variants
     calls.clear()
-    monkeypatch.setattr(solver.greedy, "broadcast_lb", never)
-    monkeypatch.setattr(solver.greedy, "sendrecv", never)
+    monkeypatch.setattr(meshcast.solver.greedy, "broadcast_lb", never)
+    monkeypatch.setattr(meshcast.solver.greedy, "sendrecv", never)
     past = SolveOptions(deadline=time.perf_counter())
     result = greedy(problem, past)
     assert len(calls) == 1 and calls[0][1] == past.deadline  # one variant, no rerouting

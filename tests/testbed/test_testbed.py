@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from api.cli import main
-from planner import parse_request
-from testbed import network
-from testbed.bench import bench, calibrated, spec_for
-from testbed.launch import run_job
+from meshcast.api.cli import main
+from meshcast.planner import parse_request
+from meshcast.testbed import network
+from meshcast.testbed.bench import bench, calibrated, spec_for
+from meshcast.testbed.launch import run_job
 
 ONE_TO_FOUR: dict[str, Any] = {
     # one sender, two receiving hosts of two: the paper's one-to-many shape, small
