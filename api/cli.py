@@ -92,8 +92,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = replace(plan, wire_bytes=simulate(problem, plan.transfers).wire_bytes)
     print(_summary(plan))
     if args.output:
-        with collection_paused():
-            Path(args.output).write_text(plan.to_json_text())
+        with collection_paused(), Path(args.output).open("w") as stream:
+            plan.write_json(stream)
         print(f"plan written to {args.output}")
     if args.trace:
         from meshcast.api.render import write_trace

@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = ", ".join(f"{s * 1e3:.2f}" for s in report.runs_s)
     print(
         f"wall {report.wall_s * 1e3:.2f} ms (median of runs: {runs} ms); "
-        f"predicted {plan.makespan_s * 1e3:.2f} ms; "
+        f"predicted {report.predicted_s * 1e3:.2f} ms; "
         f"{'verified' if report.verified else f'{len(report.mismatches)} MISMATCHED shards'}",
         file=sys.stderr if args.json else sys.stdout,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -168,6 +168,19 @@ def agree(
     flags = [torch.zeros_like(flag) for _ in members]
     dist.all_gather(flags, flag, group=group)
     failing = [m for m, f in zip(members, flags, strict=True) if int(f.item())]
+    raise_failure(problem, rank, failing, group, device, ValueError)
+
+
+def raise_failure(
+    problem: str | None,
+    rank: int,
+    failing: Sequence[int],
+    group: dist.ProcessGroup,
+    device: torch.device,
+    error: type[Exception],
+) -> NoReturn:
+    """A collective over the group: the first failing rank sends its `problem` to all, and
+    every rank raises `error` with it, naming that rank and the other failing ones."""
     text = torch.zeros(MESSAGE_BYTES, dtype=torch.uint8, device=device)
     if rank == failing[0]:
         encoded = (problem or "").encode()[:MESSAGE_BYTES]
@@ -176,7 +189,7 @@ def agree(
     message = bytes(text.cpu().tolist()).rstrip(b"\0").decode(errors="replace")
     others = failing[1:]
     if others:
-        message += f"; rank(s) {others} refused theirs too"
+        message += f"; rank(s) {list(others)} refused theirs too"
         if rank in others:
             message += f" (rank {rank}: {problem})"
-    raise ValueError(f"rank {failing[0]}: {message}")
+    raise error(f"rank {failing[0]}: {message}")

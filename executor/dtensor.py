@@ -115,12 +115,15 @@ PlanFunction = Callable[[Request], Plan]
 
 
 def _plan_on_rank0(request: Request, plan_with: PlanFunction) -> Plan:
-    """Rank 0 plans, every rank receives the same plan (timed solvers differ run to run)."""
+    """Rank 0 plans, every rank receives the same plan (timed solvers differ run to run), as
+    it was planned: a compact plan travels and stays compact."""
     box: list[Any] = [None]
     if dist.get_rank() == 0:
-        box[0] = plan_with(request).to_json()
+        box[0] = plan_with(request)
     dist.broadcast_object_list(box, src=0)
-    return Plan.from_json(box[0])
+    plan = box[0]
+    assert isinstance(plan, Plan)
+    return plan
 
 
 def _executor(request: Request, mode: Mode, plan_with: PlanFunction) -> Executor:

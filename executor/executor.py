@@ -14,8 +14,6 @@ communication on the executor's own stream).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import threading
 import time
@@ -30,24 +28,36 @@ import torch
 import torch.distributed as dist
 
 from meshcast.executor import transport
+from meshcast.executor.agreement import (
+    BAD_ARGUMENT,
+    INVALID_PLAN,
+    OK,
+    InvalidPlanError,
+    PlanMismatchError,
+    agree_on_plan,
+    plan_fingerprint,
+)
 from meshcast.executor.arguments import Expected, agree, check_arguments
 from meshcast.executor.chunks import LocalTensors
 from meshcast.executor.dtypes import TORCH_DTYPES
 from meshcast.executor.local_data import LocalData, Shards, as_local_data, region_views
-from meshcast.executor.program import (
-    RankProgram,
-    RankStep,
-    broadcast_groups,
-    longest_message_bytes,
-    numbered,
-    rank_program,
-)
-from meshcast.executor.relays import fold_relays
-from meshcast.executor.wire import ALIGN_BYTES, align_up
+from meshcast.executor.preparation import message_chunk_bytes, prepare
+from meshcast.executor.program import RankProgram, RankStep, rank_program
+from meshcast.executor.relays import folded_plan
+from meshcast.executor.wire import ALIGN_BYTES
+from meshcast.planner.compact import member_sets
 from meshcast.planner.plan import Plan
-from meshcast.planner.problem import build_problem
 from meshcast.planner.request import Request
-from meshcast.planner.simulate import simulate
+
+__all__ = [
+    "MODES",
+    "Executor",
+    "InvalidPlanError",
+    "PlanMismatchError",
+    "execute",
+    "message_chunk_bytes",
+    "plan_fingerprint",
+]
 
 Mode = Literal["chain", "broadcast"]
 MODES: tuple[Mode, ...] = ("chain", "broadcast")
@@ -55,16 +65,6 @@ MODES: tuple[Mode, ...] = ("chain", "broadcast")
 STAGING_BYTES = 64 << 20
 #: the smallest staging budget: `MIN_SLOTS` chunks of `ALIGN_BYTES`
 MIN_STAGING_BYTES = transport.MIN_SLOTS * ALIGN_BYTES
-
-
-class PlanMismatchError(RuntimeError):
-    """Ranks were given different plans, requests, modes or chunk sizes (running would hang or
-    corrupt)."""
-
-
-class InvalidPlanError(ValueError):
-    """The plan does not deliver the request (DESIGN §2 validity); refused before any data
-    moves, on every rank alike, instead of failing half-way with peers left waiting."""
 
 
 @dataclass(frozen=True)
@@ -88,19 +88,15 @@ class MemoryPlan:
     destination_bytes: int
 
 
-def plan_fingerprint(plan: Plan, request_id: str = "", mode: str = "", chunk_bytes: int = 0) -> int:
-    """63-bit digest of what every rank must agree on: transfers, request, mode, chunk size."""
-    body = [
-        request_id,
-        mode,
-        chunk_bytes,
-        [
-            [t.src, list(t.dst), [[p.tensor, [list(iv) for iv in p.box]] for p in t.pieces]]
-            for t in plan.transfers
-        ],
-    ]
-    digest = hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+def _check_settings(mode: str, chunk_bytes: int, staging_bytes: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if chunk_bytes < ALIGN_BYTES:
+        raise ValueError(f"chunk_bytes: must be at least {ALIGN_BYTES}, got {chunk_bytes}")
+    if staging_bytes < MIN_STAGING_BYTES:
+        raise ValueError(
+            f"staging_bytes: must be at least {MIN_STAGING_BYTES}, got {staging_bytes}"
+        )
 
 
 def _use_device(device: torch.device) -> None:
@@ -113,13 +109,6 @@ def default_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def message_chunk_bytes(chunk_bytes: int, staging_bytes: int, longest_message: int) -> int:
-    """The chunk size every rank uses: at most `chunk_bytes`, at least `MIN_SLOTS` chunks in
-    the staging budget, no longer than the longest message; a multiple of `ALIGN_BYTES`."""
-    chunk = min(chunk_bytes, staging_bytes // transport.MIN_SLOTS, align_up(longest_message))
-    return max(ALIGN_BYTES, chunk // ALIGN_BYTES * ALIGN_BYTES)
 
 
 class Executor:
@@ -144,43 +133,60 @@ class Executor:
         timeout: timedelta = timedelta(minutes=5),
         chunk_bytes: int = transport.CHUNK_BYTES,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if chunk_bytes < ALIGN_BYTES:
-            raise ValueError(f"chunk_bytes: must be at least {ALIGN_BYTES}, got {chunk_bytes}")
-        if staging_bytes < MIN_STAGING_BYTES:
-            raise ValueError(
-                f"staging_bytes: must be at least {MIN_STAGING_BYTES}, got {staging_bytes}"
-            )
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.mode = mode
         self.device = device if device is not None else default_device()
         self.request = request
-        problem = build_problem(request)
-        errors = simulate(problem, plan.transfers).errors
-        if errors:
-            raise InvalidPlanError(f"plan: {errors[0]} ({len(errors)} problem(s) in all)")
-        beyond = [d for d in problem.topology.host_of if d >= self.world_size]
-        if beyond:
-            raise ValueError(
-                f"request: device {min(beyond)} is not a rank of this world "
-                f"(world size {self.world_size})"
+        # every rank prepares on its own, then all agree: a failure anywhere raises everywhere
+        prepared, code, problem_text = None, OK, None
+        try:
+            _check_settings(mode, chunk_bytes, staging_bytes)
+            prepared = prepare(
+                plan,
+                request,
+                self.rank,
+                self.world_size,
+                mode=mode,
+                chunk_bytes=chunk_bytes,
+                staging_bytes=staging_bytes,
             )
-        longest = longest_message_bytes(problem, plan)
-        self.chunk_bytes = message_chunk_bytes(chunk_bytes, staging_bytes, longest)
-        order = numbered(plan)
-        program = rank_program(problem, order, self.rank, self.chunk_bytes)
+        except InvalidPlanError as err:
+            code, problem_text = INVALID_PLAN, str(err)
+        except ValueError as err:
+            code, problem_text = BAD_ARGUMENT, str(err)
+        except Exception as err:  # a plan too damaged to walk is still refused everywhere
+            code, problem_text = (
+                INVALID_PLAN,
+                f"plan: cannot be prepared ({type(err).__name__}: {err})",
+            )
         self._group = dist.new_group(list(range(self.world_size)), timeout=timeout)
         try:
-            most_relay_bytes = self._agree_on_plan(plan, program.peak_relay_bytes)
-        except PlanMismatchError:
+            most_relay_bytes = agree_on_plan(
+                code,
+                problem_text,
+                prepared.fingerprint if prepared is not None else 0,
+                prepared.program.peak_relay_bytes if prepared is not None else 0,
+                self.rank,
+                list(range(self.world_size)),
+                self._group,
+                self.device,
+            )
+        except (PlanMismatchError, ValueError):
             dist.destroy_process_group(self._group)
             raise
+        assert prepared is not None  # every rank agreed that every rank prepared
+        problem, program = prepared.problem, prepared.program
+        self.chunk_bytes = prepared.chunk_bytes
+        #: the plan this executor runs: the one given, or it with relays folded (below)
+        self.plan = plan
         #: transfers that travel with another one (index -> its carrier), see `relays`
         self.folded: dict[int, int] = {}
+        groups = prepared.broadcast_groups
         if most_relay_bytes > staging_bytes - transport.MIN_SLOTS * self.chunk_bytes:
-            order, self.folded = fold_relays(problem, plan)
+            # every rank folds the same plan the same way: no agreement needed again
+            self.plan, order, self.folded = folded_plan(problem, plan)
             program = rank_program(problem, order, self.rank, self.chunk_bytes)
+            groups = tuple(member_sets(self.plan.transfers)) if mode == "broadcast" else ()
         self.program: RankProgram = program
         self.members = sorted(problem.src_devices | problem.dst_devices)
         self._members_group = self._group
@@ -188,7 +194,7 @@ class Executor:
             self._members_group = dist.new_group(self.members, timeout=timeout)
         self._groups: dict[tuple[int, ...], dist.ProcessGroup] = {}
         if mode == "broadcast":
-            for members in broadcast_groups(order):  # collective: every rank, same order
+            for members in groups:  # collective: every rank, same order
                 group = dist.new_group(list(members), timeout=timeout)
                 if self.rank in members:
                     self._groups[members] = group
@@ -231,22 +237,10 @@ class Executor:
             ),
         )
 
-    def _agree_on_plan(self, plan: Plan, relay_bytes: int) -> int:
-        """Check that every rank holds the same plan (fingerprints); the most relay bytes any
-        rank's program needs."""
-        mine = plan_fingerprint(plan, self.request.request_id, self.mode, self.chunk_bytes)
-        value = torch.tensor([mine, relay_bytes], dtype=torch.int64, device=self.device)
-        everyone = [torch.zeros_like(value) for _ in range(self.world_size)]
-        dist.all_gather(everyone, value, group=self._group)
-        values = [int(t[0].item()) for t in everyone]
-        differing = [r for r, v in enumerate(values) if v != values[0]]
-        if differing:
-            raise PlanMismatchError(
-                f"ranks hold different plans, requests, modes or chunk sizes: rank 0 has "
-                f"fingerprint {values[0]:#x}, ranks {differing} differ (rank {self.rank} has "
-                f"{mine:#x}, chunk_bytes {self.chunk_bytes})"
-            )
-        return max(int(t[1].item()) for t in everyone)
+    @property
+    def predicted_s(self) -> float:
+        """The port-v1 makespan of the plan this executor runs (`self.plan`)."""
+        return self.plan.makespan_s
 
     def _name(self, tensor: int) -> str:
         return self.request.tensors[tensor].name

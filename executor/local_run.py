@@ -56,6 +56,8 @@ class RunReport:
     #: per rank of the meshes: peak memory growth from before set-up, and the executor's
     #: staging, relay and destination bytes
     memory: list[dict[str, Any]] = field(default_factory=list)
+    #: the port-v1 makespan of the plan the executor ran (relays folded, when it folded them)
+    predicted_s: float = 0.0
 
     @property
     def wall_s(self) -> float:
@@ -70,6 +72,7 @@ class RunReport:
             "transfers": len(self.transfers),
             "mismatches": self.mismatches,
             "memory": self.memory,
+            "predicted_s": self.predicted_s,
         }
 
 
@@ -172,12 +175,14 @@ class RunSettings:
 
 
 def rank_job(
-    request_json: dict[str, Any], plan_json: dict[str, Any], settings: dict[str, Any]
+    request_json: dict[str, Any], plan: Plan | dict[str, Any], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """One rank's part of `run_plan`: set up, run `repeats` times between barriers, verify
     every run, and measure this rank's peak memory growth from before set-up to the end of
-    the first run."""
-    request, plan = parse_request(request_json), Plan.from_json(plan_json)
+    the first run. `plan` comes as it was planned (a compact plan stays compact) or as its
+    JSON document."""
+    request = parse_request(request_json)
+    plan = plan if isinstance(plan, Plan) else Plan.from_json(plan)
     options = RunSettings(**settings)
     shards = reference_sources(request, options.strided)
     out = destination_tensors(request, options.strided) if options.use_out else None
@@ -223,6 +228,7 @@ def rank_job(
         "mismatches": mismatches,
         "memory": memory,
         "folded": sorted(executor.folded.items()),
+        "predicted_s": executor.predicted_s,
     }
 
 
@@ -260,7 +266,7 @@ def run_plan(
     if settings.repeats < 1:
         raise ValueError(f"repeats: must be at least 1, got {settings.repeats}")
     settings = replace(settings, timeout_s=world.timeout_s)
-    answers = world.run(rank_job, request.to_json(), plan.to_json(), asdict(settings))
+    answers = world.run(rank_job, request.to_json(), plan, asdict(settings))
     return summarize(problem, plan, answers)
 
 
@@ -289,7 +295,8 @@ def summarize(problem: Problem, plan: Plan, answers: list[dict[str, Any]]) -> Ru
     mismatches = [m for a in answers for m in a["mismatches"]]
     members = problem.src_devices | problem.dst_devices
     memory = [a["memory"] for a in answers if a["memory"]["rank"] in members]
-    return RunReport(not mismatches, runs_s, transfers, mismatches, memory)
+    predicted = answers[0].get("predicted_s", plan.makespan_s)
+    return RunReport(not mismatches, runs_s, transfers, mismatches, memory, predicted)
 
 
 def run_plan_locally(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from meshcast.executor.wire import Message, align_up, wire_layout
+from meshcast.executor.wire import Message, wire_layout
 from meshcast.planner.boxes import intersect, subtract, volume
 from meshcast.planner.mesh import Box
 from meshcast.planner.plan import Plan, Transfer
@@ -113,17 +113,6 @@ class RankProgram:
 def message_pieces(problem: Problem, transfer: Transfer) -> list[tuple[int, Box, int]]:
     tensors = problem.request.tensors
     return [(p.tensor, p.box, tensors[p.tensor].itemsize_bytes) for p in transfer.pieces]
-
-
-def longest_message_bytes(problem: Problem, plan: Plan) -> int:
-    """Bytes of the plan's longest message on the wire, padding included."""
-    longest = 0
-    for transfer in plan.transfers:
-        length = 0
-        for p in transfer.pieces:
-            length = align_up(length) + problem.piece_bytes(p)
-        longest = max(longest, length)
-    return longest
 
 
 def rank_regions(problem: Problem, rank: int, side: str) -> tuple[Region, ...]:
@@ -290,9 +279,3 @@ def rank_program(
 def numbered(plan: Plan) -> list[tuple[int, Transfer]]:
     """The plan's transfers in execution order, each with its index."""
     return list(enumerate(plan.transfers))
-
-
-def broadcast_groups(transfers: Sequence[tuple[int, Transfer]]) -> list[tuple[int, ...]]:
-    """Distinct member sets of transfers with several receivers, in one deterministic order
-    (every rank must create process groups in the same order)."""
-    return sorted({tuple(sorted({t.src, *t.dst})) for _, t in transfers if len(t.dst) > 1})

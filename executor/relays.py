@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meshcast.planner.boxes import contains, intersect
-from meshcast.planner.plan import Piece, Plan, Transfer
+from meshcast.planner.plan import Piece, Plan, SolveStatus, Transfer
 from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import simulate
 
 
 def _keeps_none(problem: Problem, device: int, piece: Piece) -> bool:
@@ -76,3 +77,26 @@ def fold_relays(problem: Problem, plan: Plan) -> tuple[list[tuple[int, Transfer]
         if index not in carrier_of
     ]
     return order, carrier_of
+
+
+def folded_plan(
+    problem: Problem, plan: Plan
+) -> tuple[Plan, list[tuple[int, Transfer]], dict[int, int]]:
+    """`fold_relays`, its order also as a plan of its own with the port-v1 times the
+    simulator gives it, checked like any other: what the executor runs and reports. Raises
+    `ValueError` when the folded order does not deliver the request (a folding bug)."""
+    order, carrier_of = fold_relays(problem, plan)
+    transfers = tuple(t for _, t in order)
+    sim = simulate(problem, transfers)
+    if sim.errors:
+        raise ValueError(f"plan with relays folded: {sim.errors[0]} ({len(sim.errors)} in all)")
+    folded = replace(
+        plan,
+        transfers=tuple(
+            replace(t, start_s=s, end_s=e) for t, (s, e) in zip(transfers, sim.times, strict=True)
+        ),
+        makespan_s=sim.makespan_s,
+        wire_bytes=sim.wire_bytes,
+        status=plan.status if sim.makespan_s <= plan.makespan_s else SolveStatus.HEURISTIC,
+    )
+    return folded, order, carrier_of

@@ -8,23 +8,20 @@ copy's corresponding region is. Copies share no port with each other or with the
 and every copied transfer carries the same bytes over the same kinds of links, so each takes
 the template's times; whatever makes the template valid makes each copy valid.
 
-`CopiedTransfers` is a plan's transfer list in that form: the transfers the plan spells out
-(`own`), then every copy's, in its template's order. It is a read-only sequence of
-`Transfer`s (built on first access) and writes its JSON text straight from the template's
-numbers and the copies' offsets, without building the transfers.
+A plan keeps its copies in that form (`planner.compact.CompactTransfers`): the transfers it
+spells out, then every copy's, in its template's order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import overload
 
 import numpy as np
 
 from meshcast.planner.boxes import contains
-from meshcast.planner.plan import Piece, Transfer, transfer_text, transfer_text_format
+from meshcast.planner.plan import Piece, Transfer
 from meshcast.planner.topology import Topology
 
 
@@ -104,129 +101,6 @@ def _region_of(sources: Sequence[Piece], piece: Piece) -> int:
         if source.tensor == piece.tensor and contains(source.box, piece.box):
             return r
     raise ValueError(f"piece {piece} lies in none of the template's regions")
-
-
-#: copies whose numbers are turned into Python integers at a time when writing
-_ROWS_AT_ONCE = 64
-
-
-class CopiedTransfers(Sequence[Transfer]):
-    """`own` transfers, then the transfers of every copy of every `Replicas` (each copy's in
-    its template's order): a plan's execution order."""
-
-    def __init__(self, own: Sequence[Transfer], replicas: Sequence[Replicas]) -> None:
-        self.own = tuple(own)
-        self.replicas = tuple(replicas)
-        self._len = len(self.own) + num_copied(self.replicas)
-
-    def __len__(self) -> int:
-        return self._len
-
-    @overload
-    def __getitem__(self, index: int) -> Transfer: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Transfer]: ...
-
-    def __getitem__(self, index: int | slice) -> Transfer | Sequence[Transfer]:
-        return self.all[index]
-
-    def __iter__(self) -> Iterator[Transfer]:
-        return iter(self.all)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    def __hash__(self) -> int:
-        return hash(self.all)
-
-    def __repr__(self) -> str:
-        return f"CopiedTransfers({len(self.own)} own, {len(self) - len(self.own)} copied)"
-
-    @cached_property
-    def all(self) -> tuple[Transfer, ...]:
-        """Every transfer, built."""
-        out = list(self.own)
-        for rep in self.replicas:
-            template = [self.own[k] for k in rep.template]
-            regions = rep.regions(self.own)
-            for copy in rep.copies:
-                dev = copy.device
-                out.extend(
-                    Transfer(
-                        dev[t.src],
-                        tuple(dev[d] for d in t.dst),
-                        tuple(
-                            copy.piece(rep.sources, r, p)
-                            for p, r in zip(t.pieces, per, strict=True)
-                        ),
-                        t.start_s,
-                        t.end_s,
-                    )
-                    for t, per in zip(template, regions, strict=True)
-                )
-        return tuple(out)
-
-    def json_texts(self) -> Iterator[str]:
-        """Every transfer as compact JSON text (`id` its position), without building them:
-        the numbers the copies change (ids, devices, tensors, box bounds) are computed for
-        all copies at once and formatted into the template's text, a copy at a time (each
-        text then holds that copy's transfers, comma-separated)."""
-        for i, t in enumerate(self.own):
-            yield transfer_text(i, t)
-        first_id = len(self.own)
-        for rep in self.replicas:
-            if not rep.copies:
-                continue
-            where = _CopyArrays(rep)
-            columns: list[np.ndarray] = []
-            texts: list[str] = []
-            for j, (k, regions) in enumerate(zip(rep.template, rep.regions(self.own), strict=True)):
-                numbers = where.columns(self.own[k], first_id + j, len(rep.template), regions)
-                # a number the same in every copy is written into the text once
-                same = [bool((c == c[0]).all()) for c in numbers]
-                fixed = tuple(str(c[0]) if s else "%d" for c, s in zip(numbers, same, strict=True))
-                texts.append(transfer_text_format(self.own[k]) % fixed)
-                columns += [c for c, s in zip(numbers, same, strict=True) if not s]
-            text = ",".join(texts)
-            values = np.stack(columns, axis=1) if columns else np.zeros((len(rep.copies), 0))
-            for start in range(0, len(values), _ROWS_AT_ONCE):  # Python ints for a few only
-                for row in values[start : start + _ROWS_AT_ONCE].tolist():
-                    yield text % tuple(row)
-            first_id += rep.num_transfers()
-
-
-class _CopyArrays:
-    """Every copy's devices and target regions as arrays (copies along the first axis)."""
-
-    def __init__(self, rep: Replicas) -> None:
-        copies = rep.copies
-        self.rep = rep
-        self.n = len(copies)
-        template, self.devices = rep.devices
-        self.column = {d: j for j, d in enumerate(template)}
-        self.tensors = np.array([[p.tensor for p in c.targets] for c in copies], dtype=np.int64)
-        self.lows = [
-            np.array([[lo for lo, _ in c.targets[r].box] for c in copies], dtype=np.int64)
-            for r in range(len(rep.sources))
-        ]
-
-    def columns(
-        self, t: Transfer, first_id: int, step: int, regions: Sequence[int]
-    ) -> list[np.ndarray]:
-        """The integers of template transfer `t`'s text in every copy (`transfer_text_format`
-        order), the first copy's id `first_id`, each next copy's `step` further."""
-        columns = [first_id + step * np.arange(self.n, dtype=np.int64)]
-        columns += [self.devices[:, self.column[d]] for d in (t.src, *t.dst)]
-        for piece, r in zip(t.pieces, regions, strict=True):
-            source, lows = self.rep.sources[r], self.lows[r]
-            columns.append(self.tensors[:, r])
-            for dim, ((lo, hi), (s_lo, _)) in enumerate(zip(piece.box, source.box, strict=True)):
-                columns.append(lows[:, dim] + (lo - s_lo))
-                columns.append(lows[:, dim] + (hi - s_lo))
-        return columns
 
 
 def num_copied(replicas: Sequence[Replicas]) -> int:

@@ -3,9 +3,10 @@
 Tensors with the same shape, dtype and source and destination layouts (every layer of one
 pipeline stage, every expert on one rank) have the same tiles, holders and needers. Stacked
 along a new leading dim they become one tensor of the same bytes, whose tiles coalesce into
-the same items, so a solver plans the stack once instead of every member. `Stacking.expand`
-turns a plan of the stacked request back into the request's own tensors: a piece covering
-rows `[a, b)` of the stack is the pieces of members `a..b-1`, with the same box. Sources,
+the same items, so a solver plans the stack once instead of every member. A plan of the stacked
+request is kept in its terms (`planner.compact.CompactTransfers`) and expanded into the request's
+own tensors when written or run (`Stacking.expand_pieces`): a piece covering rows `[a, b)` of the
+stack is the pieces of members `a..b-1`, with the same box. Sources,
 destinations and bytes of every transfer are unchanged, so port-v1 times are too.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from meshcast.planner.mesh import Placement, Strided
-from meshcast.planner.plan import Piece, Transfer
+from meshcast.planner.plan import Piece
 from meshcast.planner.request import Layout, Request, TensorSpec
 
 
@@ -27,11 +28,9 @@ class Stacking:
     #: request tensor indices per stacked tensor (one index: not stacked, same box)
     members: tuple[tuple[int, ...], ...]
 
-    def expand(self, transfers: Sequence[Transfer]) -> tuple[Transfer, ...]:
-        """`transfers` of the stacked request as transfers of the original one."""
-        return tuple(replace(t, pieces=self._pieces(t.pieces)) for t in transfers)
-
-    def _pieces(self, pieces: Sequence[Piece]) -> tuple[Piece, ...]:
+    def expand_pieces(self, pieces: Sequence[Piece]) -> tuple[Piece, ...]:
+        """Pieces of the stacked request as pieces of the original one: a piece covering rows
+        `[a, b)` of a stack is the same box of members `a..b-1`."""
         out: list[Piece] = []
         for piece in pieces:
             members = self.members[piece.tensor]

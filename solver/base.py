@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from meshcast.planner.compact import CompactTransfers
 from meshcast.planner.plan import SolveStatus, Transfer
 from meshcast.planner.problem import Problem
-from meshcast.planner.replicas import CopiedTransfers, Replicas, num_copied
+from meshcast.planner.replicas import Replicas, num_copied
 from meshcast.solver.moves import Move
 
 #: the share of a time limit `make_plan` gives a time-limited algorithm (the rest is for
@@ -80,7 +81,7 @@ class SolveResult:
     def transfers(self) -> Sequence[Transfer]:
         """Every transfer of the plan in execution order, untimed (the copies' built)."""
         own, replicas = self.own_transfers()
-        return tuple(CopiedTransfers(own, replicas)) if replicas else own
+        return tuple(CompactTransfers(own, replicas)) if replicas else own
 
     def num_copied(self) -> int:
         """Transfers the copies add to the plan."""

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meshcast.planner.bulk import collection_paused
+from meshcast.planner.compact import CompactTransfers
 from meshcast.planner.errors import RequestError
 from meshcast.planner.plan import Plan, SolveStatus, Transfer
 from meshcast.planner.problem import Problem, build_problem
-from meshcast.planner.replicas import CopiedTransfers, copied_devices, with_copies
+from meshcast.planner.replicas import copied_devices, with_copies
 from meshcast.planner.request import Request
 from meshcast.planner.simulate import simulate
 from meshcast.solver.alpa_order import alpa_order
@@ -110,9 +111,9 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
             wire_bytes, port_busy_s = with_copies(
                 work.topology, replicas, wire_bytes, sim.transfer_wire_bytes, port_busy_s
             )
-            transfers = CopiedTransfers(transfers, replicas)
-        if stacked is not None:
-            transfers = stacked[1].expand(transfers)
+        if replicas or stacked is not None:  # kept compact: copies and stacks as planned
+            stacking = None if stacked is None else stacked[1]
+            transfers = CompactTransfers(transfers, replicas, stacking)
     finished = time.perf_counter()
     solve_time = finished - started
     if not sim.valid:
@@ -128,7 +129,7 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     return Plan(
         request_id=problem.request.request_id,
         algorithm=name,
-        transfers=transfers if isinstance(transfers, CopiedTransfers) else tuple(transfers),
+        transfers=transfers if isinstance(transfers, CompactTransfers) else tuple(transfers),
         makespan_s=sim.makespan_s,
         lower_bound_s=lower_bound,
         solve_time_s=solve_time,

@@ -173,7 +173,7 @@ def bench(
                 mode,
                 report.wall_s,
                 report.runs_s,
-                plan.makespan_s,
+                report.predicted_s,
                 problem.lower_bound_s,
                 report.verified,
                 len(plan.transfers),

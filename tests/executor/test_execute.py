@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -23,8 +24,9 @@ from meshcast.executor.local_run import (  # noqa: E402
     verify_received,
 )
 from meshcast.executor.local_world import LocalWorld, RankFailure  # noqa: E402
-from meshcast.executor.relays import fold_relays  # noqa: E402
+from meshcast.executor.relays import fold_relays, folded_plan  # noqa: E402
 from meshcast.planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner.compact import CompactTransfers  # noqa: E402
 from meshcast.planner.plan import Plan  # noqa: E402
 from meshcast.planner.synthetic import random_request  # noqa: E402
 from meshcast.solver import SolveOptions, make_plan  # noqa: E402
@@ -184,7 +186,71 @@ def test_invalid_plan_is_refused_on_every_rank_before_data_moves(world: LocalWor
         run_plan(world, parsed, broken)
     errors = failure.value.errors
     assert sorted(errors) == list(range(world.num_ranks))
-    assert all("InvalidPlanError: plan: " in e for e in errors.values())
+    assert all("InvalidPlanError: rank 0: plan: " in e for e in errors.values())
+
+
+def test_a_damaged_plan_on_one_rank_is_refused_on_every_rank_at_once(world: LocalWorld) -> None:
+    """Rank 3 alone holds a plan missing one row: every rank raises the same
+    `InvalidPlanError` naming rank 3, in about the time set-up takes, not after a timeout."""
+    parsed = parse_request(BASE)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    data = plan.to_json()
+    damaged = copy.deepcopy(data)
+    box = damaged["transfers"][0]["pieces"][0]["box"]
+    box[0][1] -= 1  # one row of the first piece never sent
+    per_rank = [
+        (parsed.to_json(), damaged if rank == 3 else data, {}) for rank in range(world.num_ranks)
+    ]
+    started = time.monotonic()
+    with pytest.raises(RankFailure) as failure:
+        world.run(rank_job, per_rank=per_rank)
+    elapsed_s = time.monotonic() - started
+    errors = failure.value.errors
+    assert sorted(errors) == list(range(world.num_ranks))
+    assert all("InvalidPlanError: rank 3: plan: " in e for e in errors.values()), errors[0]
+    assert elapsed_s < 10, f"took {elapsed_s:.1f} s"
+    assert run_plan(world, parsed, plan).verified  # the world is still usable afterwards
+
+
+STACKED_COPIES: dict[str, Any] = {
+    # two identical tensors between two identical host pairs: the plan keeps one host pair
+    # and a copy of it, and one stack of the two tensors
+    "tensors": [
+        {
+            "name": f"layer{i}",
+            "shape": [8, 6, 5],
+            "dtype": "float32",
+            "src": {"mesh": "a", "placements": ["S(0)", "S(1)"]},
+            "dst": {"mesh": "b", "placements": ["S(0)", "R"]},
+        }
+        for i in range(2)
+    ],
+    "meshes": {
+        "a": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
+        "b": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
+    },
+    "cluster": {
+        "hosts": [[0, 1], [2, 3], [4, 5], [6, 7]],
+        "nic_gbps": 10,
+        "nics_per_host": 2,
+        "intra_gbps": 100,
+        "latency_us": 5,
+    },
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_compact_plan_runs_bit_exact_as_planned(world: LocalWorld, mode: str) -> None:
+    parsed = parse_request(STACKED_COPIES)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    transfers = plan.transfers
+    assert isinstance(transfers, CompactTransfers)
+    assert transfers.replicas and transfers.stacking is not None
+    report = run_plan(world, parsed, plan, RunSettings(mode=mode))  # each rank gets it compact
+    assert report.verified, report.mismatches
+    assert report.predicted_s == plan.makespan_s
+    # the same plan read back from its JSON document runs the same
+    assert run_plan(world, parsed, Plan.from_json(plan.to_json()), RunSettings(mode=mode)).verified
 
 
 def _corrupted_source_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> list[Any]:
@@ -346,5 +412,7 @@ def test_relays_too_large_for_the_staging_budget_are_folded_bit_exact(
     report = run_plan(world, parsed, plan, settings)
     assert report.verified, report.mismatches
     assert all(m["folded_transfers"] > 0 for m in report.memory)
+    # what ran is a plan of its own, checked, with its own port-v1 makespan
+    assert report.predicted_s == folded_plan(problem, plan)[0].makespan_s
     assert all(m["peak_relay_bytes"] == 0 for m in report.memory)
     assert all(m["staging_bytes"] <= 1 << 15 for m in report.memory)

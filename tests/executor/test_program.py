@@ -13,12 +13,12 @@ from meshcast.executor.program import (  # noqa: E402
     RELAY,
     LocalCopy,
     Segment,
-    broadcast_groups,
     numbered,
     rank_program,
 )
 from meshcast.executor.reference import reference_box, same_bytes  # noqa: E402
 from meshcast.planner import build_problem, parse_request  # noqa: E402
+from meshcast.planner.compact import member_sets  # noqa: E402
 from meshcast.planner.plan import Piece, Plan, Transfer  # noqa: E402
 from meshcast.planner.synthetic import scaled_request  # noqa: E402
 from tests.conftest import load_case  # noqa: E402
@@ -68,7 +68,7 @@ def test_rank_programs_follow_the_plan_order_and_the_route() -> None:
     assert steps[0].parent == 0 and steps[0].children == (5,)  # host 1's entry, then host 2
     assert rank_program(problem, numbered(plan), 1, 64).steps[0].children == (2,)
     # single-receiver transfers need no group; equal member sets share one, sorted
-    assert broadcast_groups(numbered(plan)) == [(0, 3, 5), (3, 4, 6, 7)]
+    assert member_sets(plan.transfers) == [(0, 3, 5), (3, 4, 6, 7)]
 
 
 SPLIT = {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshcast.planner.plan import Piece, Transfer
+from meshcast.planner.plan import Piece
 from meshcast.planner.request import parse_request
 from meshcast.planner.simulate import check_plan, simulate
 from meshcast.planner.stacking import stack_identical
@@ -47,8 +47,8 @@ def test_expansion_gives_each_member_its_rows() -> None:
     box = ((1, 2), *((0, n) for n in stacking.request.tensors[stacked].shape[1:]))
     single = next(i for i, m in enumerate(stacking.members) if len(m) == 1)
     whole = tuple((0, n) for n in stacking.request.tensors[single].shape)
-    (out,) = stacking.expand([Transfer(0, (1,), (Piece(stacked, box), Piece(single, whole)))])
-    assert out.pieces == (
+    pieces = stacking.expand_pieces((Piece(stacked, box), Piece(single, whole)))
+    assert pieces == (
         Piece(stacking.members[stacked][1], box[1:]),
         Piece(stacking.members[single][0], whole),
     )

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import meshcast.solver.greedy
+from meshcast.planner.compact import CompactTransfers
 from meshcast.planner.plan import Plan
-from meshcast.planner.replicas import CopiedTransfers
 from meshcast.planner.simulate import check_plan, simulate
 from meshcast.planner.synthetic_scale import boundary_request
 from meshcast.solver import SolveOptions, make_plan
@@ -136,7 +136,7 @@ def test_copied_components_are_what_planning_them_in_full_gives(
     on the wire and port loads; its JSON text is that of the built transfers."""
     problem = problem_of(REPEATED[name])
     plan = make_plan(problem, algorithm, SolveOptions(time_limit_s=2.0))
-    assert isinstance(plan.transfers, CopiedTransfers)
+    assert isinstance(plan.transfers, CompactTransfers)
     assert len(plan.transfers.own) < len(plan.transfers)
     built = tuple(plan.transfers)
     full = simulate(problem, built)
