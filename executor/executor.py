@@ -202,9 +202,9 @@ class Executor:
         #: per side, the local data of every tensor this rank holds or receives
         self._holdings = {
             side: {
-                i: problem.holdings(i, side)[self.rank]
+                i: holding
                 for i in range(len(request.tensors))
-                if self.rank in problem.holdings(i, side)
+                if (holding := problem.holding_of(i, side, self.rank)) is not None
             }
             for side in ("src", "dst")
         }

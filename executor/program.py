@@ -119,7 +119,7 @@ def rank_regions(problem: Problem, rank: int, side: str) -> tuple[Region, ...]:
     """The boxes this rank holds (`side="src"`) or must end up holding (`"dst"`)."""
     out = []
     for i in range(len(problem.request.tensors)):
-        holding = problem.holdings(i, side).get(rank)
+        holding = problem.holding_of(i, side, rank)
         if holding is not None:
             out += [
                 Region(i, box, local, offset)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
+
 from meshcast.planner.boxes import volume
 from meshcast.planner.mesh import Box, Interval, axes_sharding, dim_intervals, mesh_coords
 from meshcast.planner.request import Layout, MeshSpec
@@ -75,3 +77,18 @@ def holdings(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout) -> dict[int
             per_dim.append(intervals)
         out[d] = _placement_holding(tuple(per_dim))
     return out
+
+
+def holding_of(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout, device: int) -> Holding:
+    """The holding of one device of `layout`'s mesh (what `holdings` gives it, without the
+    others': a rank of a large mesh needs only its own)."""
+    index = mesh.devices.index(device)
+    if layout.blocks is not None:
+        return _block_holding(layout.blocks[index])
+    coord = [int(c) for c in np.unravel_index(index, tuple(mesh.shape))]
+    return _placement_holding(
+        tuple(
+            dim_intervals(n, mesh.shape, layout.placements, dim, coord)
+            for dim, n in enumerate(shape)
+        )
+    )

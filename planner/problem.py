@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from meshcast.planner.bound import lower_bound_s
 from meshcast.planner.boxes import volume
-from meshcast.planner.holdings import Holding, holdings
+from meshcast.planner.holdings import Holding, holding_of, holdings
 from meshcast.planner.mesh import Box
 from meshcast.planner.plan import Piece
 from meshcast.planner.request import Request
@@ -67,6 +68,53 @@ class Problem:
             self._cache[key] = holdings(spec.shape, self.request.meshes[layout.mesh], layout)
         found = self._cache[key]
         assert isinstance(found, dict)
+        return found
+
+    def holding_of(self, tensor: int, side: str, device: int) -> Holding | None:
+        """`holdings(tensor, side).get(device)`, without working out the other devices' when
+        they are not known yet."""
+        spec = self.request.tensors[tensor]
+        layout = spec.src if side == "src" else spec.dst
+        every = self._cache.get(("holdings", spec.shape, layout))
+        if every is not None:
+            assert isinstance(every, dict)
+            return every.get(device)
+        mesh = self.request.meshes[layout.mesh]
+        if device not in self._mesh_devices(layout.mesh):
+            return None
+        key = ("holding", spec.shape, layout, device)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = holding_of(spec.shape, mesh, layout, device)
+        assert isinstance(found, Holding)
+        return found
+
+    def boxes_of(self, tensor: int, side: str, device: int) -> tuple[Box, ...]:
+        """The boxes `device` holds (`side="src"`) or must end up holding of `tensor`."""
+        holding = self.holding_of(tensor, side, device)
+        return () if holding is None else holding.boxes
+
+    def boxes_for(
+        self, tensor: int, side: str, devices: Sequence[int]
+    ) -> dict[int, tuple[Box, ...]]:
+        """`boxes_of` for each of `devices`: every device's worked out at once when they are
+        most of the mesh, else each of theirs alone (a template's few among many copies)."""
+        if 2 * len(devices) > len(self.mesh_devices(tensor, side)):
+            every = self._boxes(tensor, side)
+            return {d: every.get(d, ()) for d in devices}
+        return {d: self.boxes_of(tensor, side, d) for d in devices}
+
+    def mesh_devices(self, tensor: int, side: str) -> tuple[int, ...]:
+        """The devices of tensor `tensor`'s mesh on `side`, in mesh order."""
+        spec = self.request.tensors[tensor]
+        return self.request.meshes[(spec.src if side == "src" else spec.dst).mesh].devices
+
+    def _mesh_devices(self, mesh: str) -> frozenset[int]:
+        key = ("mesh devices", mesh)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = frozenset(self.request.meshes[mesh].devices)
+        assert isinstance(found, frozenset)
         return found
 
     def _boxes(self, tensor: int, side: str) -> dict[int, tuple[Box, ...]]:

@@ -159,13 +159,14 @@ class _Holdings:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.held: dict[tuple[int, int], TimedBoxes] = {}
-        self._src_boxes: dict[int, dict[int, tuple[Box, ...]]] = {}
+        self._own_boxes: dict[tuple[int, int], tuple[Box, ...]] = {}
 
     def _own(self, tensor: int, device: int) -> tuple[Box, ...]:
-        boxes = self._src_boxes.get(tensor)
+        key = (tensor, device)
+        boxes = self._own_boxes.get(key)
         if boxes is None:
-            boxes = self._src_boxes[tensor] = self.problem.src_boxes(tensor)
-        return boxes.get(device, ())
+            boxes = self._own_boxes[key] = self.problem.boxes_of(tensor, "src", device)
+        return boxes
 
     def _timed(self, tensor: int, device: int) -> TimedBoxes:
         """The boxes `device` holds of `tensor` with their arrival times, its own at 0."""
@@ -194,12 +195,12 @@ class _Holdings:
         destination shard."""
         problem, errors = self.problem, []
         for ti, spec in enumerate(problem.request.tensors):
-            src_boxes = problem.src_boxes(ti)
-            for d, targets in problem.dst_boxes(ti).items():
-                if d in skipped:
-                    continue
+            devices = [d for d in problem.mesh_devices(ti, "dst") if d not in skipped]
+            dst, src = problem.boxes_for(ti, "dst", devices), problem.boxes_for(ti, "src", devices)
+            for d in devices:
+                targets = dst[d]
                 boxes = self.held.get((ti, d))
-                cover = boxes.boxes if boxes is not None else src_boxes.get(d, ())
+                cover = boxes.boxes if boxes is not None else src[d]
                 for target in targets:
                     if boxes.covers(target) if boxes is not None else covers(target, cover):
                         continue

@@ -63,7 +63,7 @@ def alpa_order(problem: Problem, options: SolveOptions) -> SolveResult:
             moves.add(src, tiles.device_sets[int(tiles.needers[i])], pieces, num_bytes)
         taken = {k for k, _ in best_round}
         remaining = [k for k in remaining if k not in taken]
-    return SolveResult(moves.moves, list(range(len(moves))), notes=notes)
+    return SolveResult.listed(problem, moves.moves, notes=notes)
 
 
 def _draw(

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from meshcast.planner.plan import SolveStatus
 from meshcast.planner.problem import Problem
 from meshcast.planner.replicas import num_copied
 from meshcast.solver.backends import MissingBackend, backend
-from meshcast.solver.base import (
+from meshcast.solver.base import SolveOptions, SolveResult
+from meshcast.solver.budget import (
     CHECK_S_PER_MOVE,
-    PLAN_SOLVER_SHARE,
-    SolveOptions,
-    SolveResult,
+    MIN_COMPONENT_S,
+    MODEL_TIME_FACTOR,
+    SOLVER_SHARE,
+    affordable_moves,
     build_s,
+    greedy_deadline,
 )
 from meshcast.solver.components import Component, assemble, components, first_of_kind
 from meshcast.solver.greedy import GREEDY, PER_HOST, greedy, greedy_routing
@@ -34,33 +37,13 @@ from meshcast.solver.jobs import jobs_with_hint
 from meshcast.solver.moves import MoveList
 from meshcast.solver.order import best_schedule, in_order, port_loads, randomized_search
 from meshcast.solver.recipes import Job
-from meshcast.solver.routing import Routing, realize, result_makespan_s, to_result
+from meshcast.solver.routing import Routing, realize, scheduled
 
 #: largest CP-SAT model (optional intervals) and MILP (route columns) auto hands over
 MAX_CP_INTERVALS = 12_000
 MAX_MILP_COLUMNS = 20_000
-#: share of a component's time the solver gets; the rest goes to the randomized order
-#: search of the assembled plan (more useful after CP-SAT, which orders, than after the MILP,
-#: which only routes and needs its time to converge)
-SOLVER_SHARE = {"cpsat": 0.5, "milp": 0.85}
 #: plans up to this many moves spend the time left on randomized list schedules
 SEARCH_MAX_MOVES = 3000
-#: share of the time limit the greedy start may take (its optional variants stop there)
-GREEDY_SHARE = 0.4
-#: a component is not started with less time left than this
-MIN_COMPONENT_S = 0.05
-#: a solver is started only with this many times the expected model-building time left:
-#: building its jobs (the hint's greedy routing and the full enumeration) takes about as long
-#: as the greedy start did (dsv3-sized refit, cProfile: 2.5 s against 2.0 s)
-MODEL_TIME_FACTOR = 1.5
-
-
-def _scheduled_s(problem: Problem, items: Sequence[Item], routing: Routing) -> float:
-    """List-schedule the routing's moves: its order becomes the best one found, and the
-    makespan of that order is returned."""
-    result = to_result(problem, items, routing)
-    routing.order = list(result.order)
-    return result_makespan_s(problem, result)
 
 
 def _busiest_port_s(problem: Problem, items: Sequence[Item], jobs: Sequence[Job]) -> float:
@@ -70,7 +53,7 @@ def _busiest_port_s(problem: Problem, items: Sequence[Item], jobs: Sequence[Job]
     return float(port_loads(moves.moves, problem.topology.num_ports).max()) * (1 + 1e-9)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Found:
     """A component's routing (None: the request-wide greedy plan stands) and its provenance."""
 
@@ -78,7 +61,10 @@ class _Found:
     algorithm: str = "greedy"
     status: SolveStatus = SolveStatus.HEURISTIC
     bound_s: float | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+    def noted(self, *notes: str) -> _Found:
+        return replace(self, notes=(*self.notes, *notes))
 
 
 def _solve_component(
@@ -100,32 +86,32 @@ def _solve_component(
     ends = time.perf_counter() + time_limit_s
     found = _Found(None)
     if greedy_s is None:
-        greedy_s, _, found.routing = min(
-            (_scheduled_s(problem, items, r), k, r)
-            for k, r in enumerate(greedy_routing(problem, items, b) for b in (GREEDY, PER_HOST))
-        )
+        candidates = [
+            (*scheduled(problem, items, greedy_routing(problem, items, b)), k)
+            for k, b in enumerate((GREEDY, PER_HOST))
+        ]
+        greedy_s, routing, _ = min(candidates, key=lambda c: (c[0], c[2]))
+        found = _Found(routing)
     if greedy_s <= problem.lower_bound_s * (1 + 1e-9) or time_limit_s <= 0.05:
         return found
     if ends - time.perf_counter() < MODEL_TIME_FACTOR * model_s:
-        found.notes.append(
+        return found.noted(
             f"{'/'.join(algorithms)}: not started, building the model would take about "
             f"{model_s:.2f} s of the {max(0.0, ends - time.perf_counter()):.2f} s left"
         )
-        return found
     jobs = jobs_with_hint(problem, items)
     if all(len(job.recipes) == 1 for job in jobs):
         busiest = _busiest_port_s(problem, items, jobs)
         if greedy_s <= busiest * (1 + 1e-9):
             # no job has an alternative route and the busiest port never idles: no schedule
             # of these routes is shorter
-            found.status, found.bound_s = SolveStatus.OPTIMAL, busiest
-            return found
+            return replace(found, status=SolveStatus.OPTIMAL, bound_s=busiest)
     intervals = sum(len(r.moves) for job in jobs for r in job.recipes)
     columns = sum(len(job.recipes) for job in jobs)
     fits = {"cpsat": intervals <= MAX_CP_INTERVALS, "milp": columns <= MAX_MILP_COLUMNS}
     fitting = [algorithm for algorithm in algorithms if fits[algorithm]]
     if not fitting:
-        found.notes.append(
+        found = found.noted(
             f"{'/'.join(algorithms)}: a component of {intervals} intervals, {columns} route "
             "columns is too large for the time limit; greedy routes"
         )
@@ -133,7 +119,7 @@ def _solve_component(
         try:
             route = backend(f"{algorithm}_routing")
         except MissingBackend as missing:
-            found.notes.append(str(missing))
+            found = found.noted(str(missing))
             continue
         share_s = max(0.0, ends - time.perf_counter()) * SOLVER_SHARE[algorithm]
         options = SolveOptions(share_s, seed, deadline=time.perf_counter() + share_s)
@@ -141,7 +127,8 @@ def _solve_component(
         break
     else:
         return found
-    if _scheduled_s(problem, items, routing) <= greedy_s:  # a tie brings the solver's proof
+    solver_s, routing = scheduled(problem, items, routing)
+    if solver_s <= greedy_s:  # a tie brings the solver's proof
         return _Found(routing, algorithm, routing.status, routing.best_bound_s)
     return found
 
@@ -159,22 +146,19 @@ def solve_by_components(
     by name are this with one algorithm."""
     started = time.perf_counter()
     deadline = options.deadline if options.deadline is not None else started + options.time_limit_s
-    greedy_deadline = started + (deadline - started) * GREEDY_SHARE
+    greedy_ends = greedy_deadline(started, deadline)
     # what the rest of the time limit (beyond the solvers' share of it) can build and check
-    limit_ends = deadline + options.time_limit_s * (1 - PLAN_SOLVER_SHARE)
-    affordable = int((limit_ends - greedy_deadline) / CHECK_S_PER_MOVE)
-    baseline = greedy(problem, replace(options, deadline=greedy_deadline, max_moves=affordable))
+    affordable = affordable_moves(deadline, options.time_limit_s, greedy_ends)
+    baseline = greedy(problem, replace(options, deadline=greedy_ends, max_moves=affordable))
     greedy_took_s = time.perf_counter() - started
-    baseline_makespan = result_makespan_s(problem, baseline)
+    baseline_makespan = baseline.makespan_s
     if baseline_makespan <= problem.lower_bound_s * (1 + 1e-9):
-        baseline.notes.append("greedy reached the lower bound")
-        return baseline
+        return baseline.noted("greedy reached the lower bound")
     # the plan still has to be built and checked after `auto` returns: about as many
     # transfers as the greedy's
     deadline -= build_s(len(baseline.moves), baseline.num_copied())
     if time.perf_counter() >= deadline:
-        baseline.notes.append("time limit reached after the greedy plan")
-        return baseline
+        return baseline.noted("time limit reached after the greedy plan")
     items = coalesce(problem)
     comps = components(problem, items)
     distinct = first_of_kind(comps)
@@ -183,8 +167,7 @@ def solve_by_components(
     for sig, comp in distinct.items():
         left = deadline - time.perf_counter()
         if left <= MIN_COMPONENT_S and whole is None:
-            baseline.notes.append("time limit reached before every component: greedy plan kept")
-            return baseline
+            return baseline.noted("time limit reached before every component: greedy plan kept")
         pending = sum(len(c.items) for s, c in distinct.items() if s not in solved)
         share = left * len(comp.items) / pending
         comp_items = [items[i] for i in comp.items]
@@ -200,10 +183,9 @@ def solve_by_components(
     statuses = {f.status for f in solved.values()}
     single = next(iter(solved.values())) if len(solved) == 1 else None
     if single is not None and single.routing is None:  # the whole request, greedy kept
-        baseline.notes += notes
         if single.status == SolveStatus.OPTIMAL:
-            baseline.status, baseline.best_bound_s = single.status, single.bound_s
-        return baseline
+            baseline = replace(baseline, status=single.status, best_bound_s=single.bound_s)
+        return baseline.noted(*notes)
 
     def routed(comp: Component) -> tuple[list[Item], Routing]:
         routing = solved[comp.signature].routing
@@ -216,11 +198,9 @@ def solve_by_components(
     if build_s(len(moves), copied) > max(
         affordable * CHECK_S_PER_MOVE, build_s(len(baseline.moves), baseline.num_copied())
     ):
-        baseline.notes += [
-            *notes,
-            f"greedy plan kept: {len(moves) + copied} transfers would not be built in time",
-        ]
-        return baseline
+        return baseline.noted(
+            *notes, f"greedy plan kept: {len(moves) + copied} transfers would not be built in time"
+        )
     num_ports = problem.topology.num_ports
     schedule = in_order(moves, num_ports, plan.order)
     if len(moves) <= SEARCH_MAX_MOVES:
@@ -229,8 +209,7 @@ def solve_by_components(
             schedule = better
         schedule = randomized_search(moves, num_ports, schedule, deadline, options.seed)
     if schedule.makespan_s > baseline_makespan:
-        baseline.notes += [*notes, "greedy plan kept"]
-        return baseline
+        return baseline.noted(*notes, "greedy plan kept")
     status = (
         SolveStatus.OPTIMAL
         if statuses == {SolveStatus.OPTIMAL}
@@ -239,4 +218,6 @@ def solve_by_components(
         else SolveStatus.HEURISTIC
     )
     bound = single.bound_s if single is not None else None
-    return SolveResult(moves, schedule.order, status, bound, notes, copies=plan.copies)
+    return SolveResult(
+        moves, schedule.order, schedule.makespan_s, status, bound, tuple(notes), plan.copies
+    )

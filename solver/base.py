@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from meshcast.planner.compact import CompactTransfers
 from meshcast.planner.plan import SolveStatus, Transfer
 from meshcast.planner.problem import Problem
 from meshcast.planner.replicas import Replicas, num_copied
 from meshcast.solver.moves import Move
-
-#: the share of a time limit `make_plan` gives a time-limited algorithm (the rest is for
-#: building and checking its plan)
-PLAN_SOLVER_SHARE = 0.8
-#: seconds `make_plan` takes per move to build and check a plan (measured with
-#: `benchmarks/solver_scaling.py`: 35-41 us on gather boundaries of 6.5 x 10^4-1.3 x 10^5
-#: transfers, up to 60 us on a first plan of 16,384 GPUs)
-CHECK_S_PER_MOVE = 45e-6
-#: seconds per transfer of a copied component (built from its template's without a check,
-#: written from arrays: 1.3-1.9 us measured on the 16,384-GPU gather boundary, rounded up)
-COPY_S_PER_MOVE = 3e-6
-
-
-def build_s(num_moves: int, num_copied: int = 0) -> float:
-    """About how long `make_plan` takes to build, check and write a plan of `num_moves`
-    moves and `num_copied` copied transfers."""
-    return num_moves * CHECK_S_PER_MOVE + num_copied * COPY_S_PER_MOVE
+from meshcast.solver.order import in_order
 
 
 @dataclass(frozen=True)
@@ -52,24 +36,41 @@ class SolveOptions:
         return max(0.0, self.deadline - time.perf_counter())
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolveResult:
-    """Moves in execution order, with what the algorithm proved about them.
+    """Moves in execution order, their port-v1 makespan, and what the algorithm proved.
 
-    `status` is optimal or feasible for the optimizing solvers, heuristic otherwise;
-    `best_bound_s` is a proven lower bound on the best makespan when the solver has one.
+    Built once, complete: `status` is optimal or feasible for the optimizing solvers,
+    heuristic otherwise; `best_bound_s` is a proven lower bound on the best makespan when the
+    solver has one. A result with more to say is a new one (`noted`, `dataclasses.replace`).
     """
 
     moves: Sequence[Move]
     order: Sequence[int]
+    #: the port-v1 makespan of the moves in this order
+    makespan_s: float
     status: SolveStatus = SolveStatus.HEURISTIC
     best_bound_s: float | None = None
-    notes: list[str] = field(default_factory=list)
-    #: the port-v1 makespan of the moves in this order, once worked out
-    makespan_s: float | None = None
+    notes: tuple[str, ...] = ()
     #: identical components as copies of some of the moves (`Replicas.template` are move
     #: indices); their transfers follow the moves' in the plan, with the same times
     copies: Sequence[Replicas] = ()
+
+    @classmethod
+    def listed(
+        cls,
+        problem: Problem,
+        moves: Sequence[Move],
+        order: Sequence[int] | None = None,
+        notes: Sequence[str] = (),
+    ) -> SolveResult:
+        """`moves` in `order` (default: as listed), their makespan from the list schedule."""
+        schedule = in_order(moves, problem.topology.num_ports, order)
+        return cls(moves, schedule.order, schedule.makespan_s, notes=tuple(notes))
+
+    def noted(self, *notes: str) -> SolveResult:
+        """The same result with `notes` added."""
+        return replace(self, notes=(*self.notes, *notes))
 
     def own_transfers(self) -> tuple[list[Transfer], list[Replicas]]:
         """The moves as transfers in execution order (untimed), and the copies with their

@@ -18,7 +18,7 @@ from meshcast.solver.moves import MoveList, split_piece, tile_pieces
 
 
 def _natural(moves: MoveList) -> SolveResult:
-    return SolveResult(moves.moves, list(range(len(moves))))
+    return SolveResult.listed(moves.problem, moves.moves)
 
 
 def _tile_ids(problem: Problem, tile_ids: Sequence[int] | None) -> Sequence[int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ortools.sat.python import cp_model
 
@@ -126,9 +126,11 @@ def cpsat_routing(
     hint_starts, hint_units = _integral_schedule(jobs, choice, order, unit_s, num_ports)
     floor = min(hint_units, math.floor(problem.lower_bound_s / unit_s))
     if options.seconds_left() <= 0:
-        hint.notes.append("cp-sat: no time left after the hint; the hint is returned")
-        hint.order = list(hint_schedule.order)
-        return hint
+        return replace(
+            hint,
+            order=tuple(hint_schedule.order),
+            notes=(*hint.notes, "cp-sat: no time left after the hint; the hint is returned"),
+        )
     built = _build(jobs, unit_s, hint_units, floor)
     for j, literals in enumerate(built.chosen):
         for r, lit in enumerate(literals):
@@ -141,21 +143,23 @@ def cpsat_routing(
     solver.parameters.num_workers = options.num_workers
     status = solver.solve(built.model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        hint.notes.append(f"cp-sat: {solver.status_name(status)}; the hint is returned")
-        return hint
+        note = f"cp-sat: {solver.status_name(status)}; the hint is returned"
+        return replace(hint, notes=(*hint.notes, note))
     picked = [
         next(r for r, lit in enumerate(lits) if solver.boolean_value(lit)) for lits in built.chosen
     ]
-    routing = Routing([[(jobs[j].recipes[r], 1.0)] for j, r in enumerate(picked)])
+    shares = [[(jobs[j].recipes[r], 1.0)] for j, r in enumerate(picked)]
     keyed = []
-    for j, per_share in enumerate(realize(problem, items, routing.shares, MoveList(problem))):
+    for j, per_share in enumerate(realize(problem, items, shares, MoveList(problem))):
         for m, i in enumerate(per_share[0]):
             if i >= 0:
                 start = solver.value(built.starts[(j, picked[j], m)])
                 keyed.append((start, len(jobs[j].recipes[picked[j]].moves[m].deps), i))
-    routing.order = [i for _, _, i in sorted(keyed)]
-    routing.status = SolveStatus.OPTIMAL if status == cp_model.OPTIMAL else SolveStatus.FEASIBLE
-    routing.best_bound_s = max(
-        problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s
+    return Routing(
+        shares,
+        order=tuple(i for _, _, i in sorted(keyed)),
+        status=SolveStatus.OPTIMAL if status == cp_model.OPTIMAL else SolveStatus.FEASIBLE,
+        best_bound_s=max(
+            problem.lower_bound_s, (solver.best_objective_bound - most_moves) * unit_s
+        ),
     )
-    return routing

@@ -31,12 +31,13 @@ import numpy as np
 from meshcast.planner.bulk import collection_paused
 from meshcast.planner.plan import SolveStatus
 from meshcast.planner.problem import Problem
-from meshcast.solver.base import SolveOptions, SolveResult, build_s
+from meshcast.solver.base import SolveOptions, SolveResult
 from meshcast.solver.baselines import broadcast_lb, sendrecv
+from meshcast.solver.budget import moves_per_kind
 from meshcast.solver.components import Component, assemble, components, first_of_kind
 from meshcast.solver.items import Item, bundle, coalesce
 from meshcast.solver.recipes import Breadth, Job, MoveSpec, Ranking, Recipe, item_jobs, rail_filling
-from meshcast.solver.routing import Routing, result_makespan_s, to_result
+from meshcast.solver.routing import Routing, to_result
 
 #: a split must finish the item this much sooner than the best unsplit route
 SPLIT_GAIN = 0.99
@@ -181,7 +182,7 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() > deadline
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Solved:
     """A component's best greedy routing (with its schedule's order) and which items it routes."""
 
@@ -253,8 +254,8 @@ def _routed(
 ) -> _Solved:
     routing = greedy_routing(problem, items, breadth, deadline)
     result = to_result(problem, items, routing)
-    routing.order = list(result.order)
-    return _Solved(routing, bundled, result_makespan_s(problem, result), len(result.moves))
+    ordered = replace(routing, order=tuple(result.order))
+    return _Solved(ordered, bundled, result.makespan_s, len(result.moves))
 
 
 def greedy(problem: Problem, options: SolveOptions) -> SolveResult:
@@ -281,8 +282,7 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
             # once, and written again for each copy
             most = None
             if options.max_moves is not None:
-                per_move = build_s(1, copies[comp.signature] - 1) / build_s(1)
-                most = int(options.max_moves / len(copies) / per_move)
+                most = moves_per_kind(options.max_moves, len(copies), copies[comp.signature])
             solved[comp.signature] = _solve(problem, comp_items, deadline, most)
         found = solved[comp.signature]
         return _component_items(problem, comp_items, found.bundled), found.routing
@@ -290,9 +290,9 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
     plan = assemble(problem, comps, routed)
     # components share no port: the plan takes as long as its longest component
     makespan = max((found.makespan_s for found in solved.values()), default=0.0)
-    notes = [f"{len(comps)} component(s), {len(solved)} distinct"] if len(comps) > 1 else []
+    notes = (f"{len(comps)} component(s), {len(solved)} distinct",) if len(comps) > 1 else ()
     best = SolveResult(
-        plan.moves, plan.order, SolveStatus.HEURISTIC, None, notes, makespan, plan.copies
+        plan.moves, plan.order, makespan, SolveStatus.HEURISTIC, None, notes, plan.copies
     )
     # identical components get the same baseline plan too: one of each kind tells
     tile_ids = _first_of_kind_tiles(problem, comps) if len(solved) < len(comps) else None
@@ -302,11 +302,10 @@ def _greedy(problem: Problem, options: SolveOptions) -> SolveResult:
         if _past(deadline):
             break
         result = baseline(problem, options, tile_ids)
-        if result_makespan_s(problem, result) < makespan and tile_ids is not None:
+        if result.makespan_s < makespan and tile_ids is not None:
             result = baseline(problem, options)
-        if result_makespan_s(problem, result) < makespan:
-            best, makespan = result, result_makespan_s(problem, result)
-            best.notes.append(f"{name} was shorter")
+        if result.makespan_s < makespan:
+            best, makespan = result.noted(f"{name} was shorter"), result.makespan_s
     return best
 
 

@@ -94,7 +94,7 @@ def milp_routing(
     LP relaxation is solved first for it."""
     if options.seconds_left() <= 0:
         note = "milp: no time left for the model; greedy routes"
-        return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=[note])
+        return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=(note,))
     started = time.perf_counter()
     lp, busiest, fraction = _model(problem, jobs)
     # handing the model to the solver takes about as long again, outside its time limit
@@ -102,7 +102,7 @@ def milp_routing(
     handover_s = time.perf_counter() - started
     if options.seconds_left() - handover_s < MIN_SOLVE_S:
         note = "milp: no time left to solve the model; greedy routes"
-        return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=[note])
+        return Routing([[(job.recipes[0], 1.0)] for job in jobs], notes=(note,))
     bound = None
     if not _HIGHS:
         lp.solve(_solver((options.seconds_left() - handover_s) / 3, options.seed, mip=False))
@@ -120,5 +120,5 @@ def milp_routing(
                 kept.append((recipe, float(value)))
         shares.append(kept or [(job.recipes[0], 1.0)])  # no usable value: the hint recipe
     best_bound = None if bound is None else max(problem.lower_bound_s, float(bound))
-    notes = [f"milp: {pulp.LpStatus[lp.status]}"]
+    notes = (f"milp: {pulp.LpStatus[lp.status]}",)
     return Routing(shares, status=SolveStatus.FEASIBLE, best_bound_s=best_bound, notes=notes)

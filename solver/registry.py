@@ -17,8 +17,9 @@ from meshcast.planner.simulate import simulate
 from meshcast.solver.alpa_order import alpa_order
 from meshcast.solver.auto import auto, solve_by_components
 from meshcast.solver.backends import BACKENDS, MissingBackend, backend
-from meshcast.solver.base import PLAN_SOLVER_SHARE, Algorithm, SolveOptions, SolveResult
+from meshcast.solver.base import Algorithm, SolveOptions, SolveResult
 from meshcast.solver.baselines import broadcast_lb, broadcast_naive, sendrecv, sendrecv_allgather
+from meshcast.solver.budget import solver_deadline
 from meshcast.solver.greedy import greedy
 from meshcast.solver.search import search
 
@@ -57,11 +58,8 @@ ALGORITHMS: dict[str, tuple[Algorithm, str]] = {
 }
 
 
-#: the algorithms that return by the time limit (with `PLAN_SOLVER_SHARE` of it)
+#: the algorithms that return by the time limit (with `budget.PLAN_SOLVER_SHARE` of it)
 TIME_LIMITED = frozenset({"auto", "cpsat", "milp", "search"})
-#: seconds per request tensor that building and checking a plan takes beyond the solver's
-#: moves (measured: 4-10 us on refits of 25,000-100,000 tensors)
-PLAN_S_PER_TENSOR = 10e-6
 #: the algorithms that plan identical tensors as one stack
 PLAN_STACKED = frozenset({"greedy", "auto", "cpsat", "milp", "search"})
 
@@ -90,9 +88,8 @@ def make_plan(problem: Problem, algorithm: str, options: SolveOptions) -> Plan:
     started = time.perf_counter()
     if name in TIME_LIMITED:
         # building the plan takes time per tensor too (pieces of every stacked tensor)
-        reserve_s = len(problem.request.tensors) * PLAN_S_PER_TENSOR
-        limit_s = options.time_limit_s * PLAN_SOLVER_SHARE - reserve_s
-        options = replace(options, deadline=started + max(0.0, limit_s))
+        deadline = solver_deadline(started, options.time_limit_s, len(problem.request.tensors))
+        options = replace(options, deadline=deadline)
     stacked = problem.stacked if name in PLAN_STACKED else None
     work = stacked[0] if stacked is not None else problem
     result = solve(work, options)

@@ -8,7 +8,7 @@ are copied onto identical ones (`solver.components.assemble`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from meshcast.planner.plan import Piece, SolveStatus
 from meshcast.planner.problem import Problem
@@ -22,15 +22,15 @@ from meshcast.solver.recipes import Recipe
 Share = tuple[Recipe, float]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Routing:
     """Shares per job, and optionally an execution order of the realised moves."""
 
-    shares: list[list[Share]]
-    order: list[int] | None = None
+    shares: Sequence[Sequence[Share]]
+    order: Sequence[int] | None = None
     status: SolveStatus = SolveStatus.HEURISTIC
     best_bound_s: float | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
 
 def _slices(item: Item, fractions: Sequence[float]) -> list[Item]:
@@ -90,14 +90,6 @@ def realize(
     return out
 
 
-def result_makespan_s(problem: Problem, result: SolveResult) -> float:
-    """The port-v1 makespan of a solver result's moves in its order (worked out once)."""
-    if result.makespan_s is None:
-        schedule = in_order(result.moves, problem.topology.num_ports, result.order)
-        result.makespan_s = schedule.makespan_s
-    return result.makespan_s
-
-
 def to_result(problem: Problem, items: Sequence[Item], routing: Routing) -> SolveResult:
     """Realise the routing and keep the shorter of its own order and the list schedulers'."""
     moves = MoveList(problem)
@@ -109,5 +101,16 @@ def to_result(problem: Problem, items: Sequence[Item], routing: Routing) -> Solv
         if given.makespan_s <= schedule.makespan_s:
             schedule = given
     return SolveResult(
-        moves.moves, schedule.order, routing.status, routing.best_bound_s, list(routing.notes)
+        moves.moves,
+        schedule.order,
+        schedule.makespan_s,
+        routing.status,
+        routing.best_bound_s,
+        routing.notes,
     )
+
+
+def scheduled(problem: Problem, items: Sequence[Item], routing: Routing) -> tuple[float, Routing]:
+    """The makespan of the routing's best list schedule, and the routing with that order."""
+    result = to_result(problem, items, routing)
+    return result.makespan_s, replace(routing, order=tuple(result.order))

@@ -18,7 +18,6 @@ from meshcast.planner.problem import Problem
 from meshcast.solver.base import SolveOptions, SolveResult
 from meshcast.solver.baselines import broadcast_lb
 from meshcast.solver.moves import MoveList, tile_pieces
-from meshcast.solver.order import in_order
 
 #: deeper searches than this only make the first (greedy) dive
 MAX_DEPTH = 400
@@ -107,11 +106,8 @@ class _Search:
 
 def search(problem: Problem, options: SolveOptions) -> SolveResult:
     incumbent = broadcast_lb(problem, options)
-    num_ports = problem.topology.num_ports
     dfs = _Search(problem, time.perf_counter() + options.seconds_left())
-    dfs.best_makespan = in_order(incumbent.moves, num_ports, incumbent.order).makespan_s * (
-        1 + 1e-12
-    )
+    dfs.best_makespan = incumbent.makespan_s * (1 + 1e-12)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 3 * len(problem.tiles) + 1000))
     try:
@@ -119,11 +115,11 @@ def search(problem: Problem, options: SolveOptions) -> SolveResult:
     finally:
         sys.setrecursionlimit(limit)
     if not dfs.best_path:
-        return SolveResult(incumbent.moves, incumbent.order, notes=["no plan beat broadcast-lb"])
+        return incumbent.noted("no plan beat broadcast-lb")
     moves = MoveList(problem)
     for opt in dfs.best_path:
         pieces, num_bytes = tile_pieces(problem, [opt.tile])
         needers = problem.tiles.device_sets[int(problem.tiles.needers[opt.tile])]
         moves.add(opt.src, needers, pieces, num_bytes)
     notes = ["searched every order and sender"] if dfs.complete else []
-    return SolveResult(moves.moves, list(range(len(moves))), notes=notes)
+    return SolveResult.listed(problem, moves.moves, notes=notes)

@@ -12,7 +12,6 @@ import pytest
 from meshcast.planner.synthetic import random_request
 from meshcast.solver import ALGORITHMS, SolveOptions, make_plan
 from meshcast.solver.greedy import greedy
-from meshcast.solver.routing import result_makespan_s
 from tests.conftest import CASE_IDS, load_case, problem_of
 
 FAST = SolveOptions(time_limit_s=0.5, seed=0)
@@ -61,7 +60,7 @@ def test_greedy_never_slower_than_broadcast(case: str, plancheck: ModuleType) ->
     # routing must win without that fallback, and beat the reference checker's broadcast
     result = greedy(problem, FAST)
     assert not [note for note in result.notes if note.endswith("was shorter")], result.notes
-    greedy_s = result_makespan_s(problem, result)
+    greedy_s = result.makespan_s
     assert greedy_s <= make_plan(problem, "broadcast-lb", FAST).makespan_s * (1 + 1e-9)
     assert greedy_s <= reference_broadcast_s(request, plancheck) * (1 + 1e-9)
 

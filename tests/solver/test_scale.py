@@ -20,7 +20,6 @@ from meshcast.solver.components import components
 from meshcast.solver.greedy import _first_of_kind_tiles, greedy
 from meshcast.solver.items import coalesce
 from meshcast.solver.order import in_order
-from meshcast.solver.routing import result_makespan_s
 from tests.conftest import CASES_DIR, problem_of
 
 
@@ -162,6 +161,6 @@ def test_baselines_of_one_component_per_kind_take_as_long_as_on_all(name: str) -
     first = _first_of_kind_tiles(problem, comps)
     assert 0 < len(first) < len(problem.tiles)
     for baseline in (sendrecv, broadcast_lb):
-        alone = result_makespan_s(problem, baseline(problem, SolveOptions(), first))
-        whole = result_makespan_s(problem, baseline(problem, SolveOptions()))
+        alone = baseline(problem, SolveOptions(), first).makespan_s
+        whole = baseline(problem, SolveOptions()).makespan_s
         assert alone == pytest.approx(whole, rel=1e-12)
