@@ -1,10 +1,12 @@
 """The port-v1 list schedule of a plan, and its validity (DESIGN §2, §3).
 
 `PortClock` is port-v1's list-schedule recurrence: a transfer starts when all its ports are
-free and its data has arrived at its sender, and holds its ports until it ends. The simulator
-and `solver.order.in_order` use it; the schedulers that search orders apply the same rule to
-their own arrays for speed (`solver.order.earliest_start` vectorised, `solver.search` with
-undo, CP-SAT's hint in integer time units), and every plan's times come from `simulate`.
+free and its data has arrived at its sender, and holds its ports until it ends. The simulator,
+`solver.order.in_order` and CP-SAT's hint (in integer time units) use it; the schedulers that
+search orders apply the same rule to their own arrays for speed (`solver.order.earliest_start`
+vectorised, `solver.search` with undo; `tests/solver/test_clock.py` proves the first equal to
+it), the greedy's router scores recipes by booked load (an estimate, not a schedule), and every
+plan's times come from `simulate`.
 `simulate` walks a plan in order, finds when each piece became available at its sender from
 the geometry of earlier deliveries, and reports every validity error it meets.
 """
@@ -23,10 +25,11 @@ from meshcast.planner.problem import Problem
 
 
 class PortClock:
-    """Ready time of every port; `place` books one transfer after the ones before it."""
+    """Ready time of every port; `place` books one transfer after the ones before it. Times are
+    seconds, or any numbers that add (integer time units start from `origin=0`)."""
 
-    def __init__(self, num_ports: int) -> None:
-        self.ready_s = [0.0] * num_ports
+    def __init__(self, num_ports: int, origin: float = 0.0) -> None:
+        self.ready_s = [origin] * num_ports
 
     def start_time(self, ports: Sequence[int], data_ready_s: float = 0.0) -> float:
         ready = self.ready_s

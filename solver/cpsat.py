@@ -22,6 +22,7 @@ from ortools.sat.python import cp_model
 
 from meshcast.planner.plan import SolveStatus
 from meshcast.planner.problem import Problem
+from meshcast.planner.simulate import PortClock
 from meshcast.solver.base import SolveOptions
 from meshcast.solver.items import Item
 from meshcast.solver.moves import MoveList
@@ -84,23 +85,19 @@ def _integral_schedule(
     unit_s: float,
     num_ports: int,
 ) -> tuple[list[list[int]], int]:
-    """List-schedule the chosen recipes' moves in `order` with rounded-up durations."""
-    ready = [0] * num_ports
+    """List-schedule the chosen recipes' moves in `order` with rounded-up durations: the
+    port-v1 clock in integer time units."""
+    clock = PortClock(num_ports, origin=0)
     starts: list[list[int]] = [
         [0] * len(jobs[j].recipes[choice[j]].moves) for j in range(len(jobs))
     ]
     ends: dict[tuple[int, int], int] = {}
-    makespan = 0
     for j, m in order:
         spec = jobs[j].recipes[choice[j]].moves[m]
-        size = _units(spec.duration_s, unit_s)
-        start = max([ready[p] for p in spec.ports] + [ends[(j, d)] for d in spec.deps] + [0])
-        starts[j][m] = start
-        ends[(j, m)] = start + size
-        for p in spec.ports:
-            ready[p] = start + size
-        makespan = max(makespan, start + size)
-    return starts, makespan
+        ready = max((ends[(j, d)] for d in spec.deps), default=0)
+        start, end = clock.place(_units(spec.duration_s, unit_s), spec.ports, ready)
+        starts[j][m], ends[(j, m)] = int(start), int(end)
+    return starts, max(ends.values(), default=0)
 
 
 def cpsat_routing(
