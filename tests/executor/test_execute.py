@@ -212,31 +212,42 @@ def test_a_damaged_plan_on_one_rank_is_refused_on_every_rank_at_once(world: Loca
     assert run_plan(world, parsed, plan).verified  # the world is still usable afterwards
 
 
-STACKED_COPIES: dict[str, Any] = {
-    # two identical tensors between two identical host pairs: the plan keeps one host pair
-    # and a copy of it, and one stack of the two tensors
-    "tensors": [
-        {
-            "name": f"layer{i}",
-            "shape": [8, 6, 5],
-            "dtype": "float32",
-            "src": {"mesh": "a", "placements": ["S(0)", "S(1)"]},
-            "dst": {"mesh": "b", "placements": ["S(0)", "R"]},
-        }
-        for i in range(2)
-    ],
-    "meshes": {
-        "a": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
-        "b": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
-    },
-    "cluster": {
-        "hosts": [[0, 1], [2, 3], [4, 5], [6, 7]],
-        "nic_gbps": 10,
-        "nics_per_host": 2,
-        "intra_gbps": 100,
-        "latency_us": 5,
-    },
-}
+def _stacked_copies(
+    shape: list[int], count: int, src: list[str], dst: list[str], dtype: str = "float32"
+) -> dict[str, Any]:
+    """`count` identical tensors between two identical host pairs (2 GPUs per host): the
+    plan keeps one host pair and a copy of it, and one stack of the tensors."""
+    return {
+        "tensors": [
+            {
+                "name": f"layer{i}",
+                "shape": shape,
+                "dtype": dtype,
+                "src": {"mesh": "a", "placements": src},
+                "dst": {"mesh": "b", "placements": dst},
+            }
+            for i in range(count)
+        ],
+        "meshes": {
+            "a": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
+            "b": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
+        },
+        "cluster": {
+            "hosts": [[0, 1], [2, 3], [4, 5], [6, 7]],
+            "nic_gbps": 10,
+            "nics_per_host": 2,
+            "intra_gbps": 100,
+            "latency_us": 5,
+        },
+    }
+
+
+STACKED_COPIES = _stacked_copies([8, 6, 5], 2, ["S(0)", "S(1)"], ["S(0)", "R"])
+#: held-out shapes and layouts: uneven shards inside hosts, a strided source, bf16, 3 members
+HELD_OUT_STACKED_COPIES = [
+    _stacked_copies([12, 7, 3], 3, ["S(0)", "S(1)"], ["S(0)", "S(2)"], "bfloat16"),
+    _stacked_copies([10, 9], 2, ["S(0)", "_S(0,2)"], ["S(0)", "R"]),
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -251,6 +262,19 @@ def test_a_compact_plan_runs_bit_exact_as_planned(world: LocalWorld, mode: str) 
     assert report.predicted_s == plan.makespan_s
     # the same plan read back from its JSON document runs the same
     assert run_plan(world, parsed, Plan.from_json(plan.to_json()), RunSettings(mode=mode)).verified
+
+
+@pytest.mark.parametrize("raw", HELD_OUT_STACKED_COPIES, ids=["uneven-bf16", "strided"])
+def test_held_out_stacks_inside_copies_run_bit_exact(
+    world: LocalWorld, raw: dict[str, Any]
+) -> None:
+    parsed = parse_request(raw)
+    plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+    transfers = plan.transfers
+    assert isinstance(transfers, CompactTransfers)
+    assert transfers.replicas and transfers.stacking is not None
+    report = run_plan(world, parsed, plan, RunSettings(use_out=True, strided=True))
+    assert report.verified, report.mismatches
 
 
 def _corrupted_source_job(request_json: dict[str, Any], plan_json: dict[str, Any]) -> list[Any]:
