@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from meshcast.executor.arguments import raise_failure
 from meshcast.planner.compact import CompactTransfers
-from meshcast.planner.plan import Plan, Transfer, transfer_text
+from meshcast.planner.plan import Plan
 
 
 class PlanMismatchError(RuntimeError):
@@ -46,9 +47,15 @@ def plan_fingerprint(plan: Plan, request_id: str = "", mode: str = "", chunk_byt
     h = hashlib.sha256(f"{request_id}\0{mode}\0{chunk_bytes}\0".encode())
     if isinstance(plan.transfers, CompactTransfers):
         h.update(b"compact\0" + plan.transfers.digest)
-    else:
-        for i, t in enumerate(plan.transfers):  # times aside: ranks may have rounded them
-            h.update(transfer_text(i, Transfer(t.src, t.dst, t.pieces)).encode())
+    else:  # every number of every transfer, with the counts that delimit them (times aside)
+        numbers: list[int] = []
+        for t in plan.transfers:
+            numbers += (t.src, len(t.dst), *t.dst, len(t.pieces))
+            for p in t.pieces:
+                numbers += (p.tensor, len(p.box))
+                for lo, hi in p.box:
+                    numbers += (lo, hi)
+        h.update(np.array(numbers, dtype=np.int64).tobytes())
     return int.from_bytes(h.digest()[:8], "big") >> 1
 
 

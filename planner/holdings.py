@@ -79,10 +79,9 @@ def holdings(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout) -> dict[int
     return out
 
 
-def holding_of(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout, device: int) -> Holding:
-    """The holding of one device of `layout`'s mesh (what `holdings` gives it, without the
-    others': a rank of a large mesh needs only its own)."""
-    index = mesh.devices.index(device)
+def holding_of(shape: tuple[int, ...], mesh: MeshSpec, layout: Layout, index: int) -> Holding:
+    """The holding of the device at position `index` of `layout`'s mesh (what `holdings` gives
+    it, without the others': a rank of a large mesh needs only its own)."""
     if layout.blocks is not None:
         return _block_holding(layout.blocks[index])
     coord = [int(c) for c in np.unravel_index(index, tuple(mesh.shape))]

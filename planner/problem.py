@@ -79,13 +79,14 @@ class Problem:
         if every is not None:
             assert isinstance(every, dict)
             return every.get(device)
-        mesh = self.request.meshes[layout.mesh]
-        if device not in self._mesh_devices(layout.mesh):
+        index = self._mesh_index(layout.mesh).get(device)
+        if index is None:
             return None
         key = ("holding", spec.shape, layout, device)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = holding_of(spec.shape, mesh, layout, device)
+            mesh = self.request.meshes[layout.mesh]
+            found = self._cache[key] = holding_of(spec.shape, mesh, layout, index)
         assert isinstance(found, Holding)
         return found
 
@@ -109,12 +110,14 @@ class Problem:
         spec = self.request.tensors[tensor]
         return self.request.meshes[(spec.src if side == "src" else spec.dst).mesh].devices
 
-    def _mesh_devices(self, mesh: str) -> frozenset[int]:
-        key = ("mesh devices", mesh)
+    def _mesh_index(self, mesh: str) -> dict[int, int]:
+        """Each device of mesh `mesh` -> its position in the mesh's device list."""
+        key = ("mesh index", mesh)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = frozenset(self.request.meshes[mesh].devices)
-        assert isinstance(found, frozenset)
+            devices = self.request.meshes[mesh].devices
+            found = self._cache[key] = {d: i for i, d in enumerate(devices)}
+        assert isinstance(found, dict)
         return found
 
     def _boxes(self, tensor: int, side: str) -> dict[int, tuple[Box, ...]]:

@@ -73,7 +73,7 @@ def simulate(
     topo = problem.topology
     clock = PortClock(topo.num_ports)
     known = problem.src_devices | problem.dst_devices
-    holdings = _Holdings(problem)
+    holdings = _Holdings(problem, per_device=bool(copied))
     times: list[tuple[float, float]] = []
     errors: list[str] = []
     makespan = 0.0
@@ -159,12 +159,21 @@ class _Holdings:
     """What every device holds of every tensor, and since when: its source shard from the
     start, and every box delivered to it."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, per_device: bool = False) -> None:
         self.problem = problem
         self.held: dict[tuple[int, int], TimedBoxes] = {}
+        #: look up each device's source boxes alone (a template among copies touches few
+        #: devices), not every device's of a tensor at once
+        self.per_device = per_device
         self._own_boxes: dict[tuple[int, int], tuple[Box, ...]] = {}
+        self._src_boxes: dict[int, dict[int, tuple[Box, ...]]] = {}
 
     def _own(self, tensor: int, device: int) -> tuple[Box, ...]:
+        if not self.per_device:
+            every = self._src_boxes.get(tensor)
+            if every is None:
+                every = self._src_boxes[tensor] = self.problem.src_boxes(tensor)
+            return every.get(device, ())
         key = (tensor, device)
         boxes = self._own_boxes.get(key)
         if boxes is None:
