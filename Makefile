@@ -42,6 +42,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/solver_quality.py --cases $(CASES)
 	$(BIN)/python benchmarks/solver_scaling.py
+	$(BIN)/python benchmarks/compact_plans.py
 	$(BIN)/python benchmarks/executor_run.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/plan_viewer.py

@@ -184,8 +184,10 @@ class Executor:
         groups = prepared.broadcast_groups
         if most_relay_bytes > staging_bytes - transport.MIN_SLOTS * self.chunk_bytes:
             # every rank folds the same plan the same way: no agreement needed again
-            self.plan, order, self.folded = folded_plan(problem, plan)
-            program = rank_program(problem, order, self.rank, self.chunk_bytes)
+            folding = folded_plan(problem, plan)
+            self.plan, self.folded = folding.plan, folding.carrier_of
+            mine = folding.device_transfers(self.rank)
+            program = rank_program(problem, mine, self.rank, self.chunk_bytes)
             groups = tuple(member_sets(self.plan.transfers)) if mode == "broadcast" else ()
         self.program: RankProgram = program
         self.members = sorted(problem.src_devices | problem.dst_devices)

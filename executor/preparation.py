@@ -16,11 +16,11 @@ from meshcast.executor import transport
 from meshcast.executor.agreement import InvalidPlanError, plan_fingerprint
 from meshcast.executor.program import RankProgram, rank_program
 from meshcast.executor.wire import ALIGN_BYTES, align_up
+from meshcast.planner.boxes import volume
 from meshcast.planner.compact import (
     CompactTransfers,
     check_compact,
     device_transfers,
-    distinct_transfers,
     member_sets,
 )
 from meshcast.planner.plan import Plan, Transfer
@@ -61,6 +61,28 @@ def longest_message_bytes(problem: Problem, transfers: Iterable[Transfer]) -> in
     return longest
 
 
+def longest_compact_message_bytes(problem: Problem, transfers: CompactTransfers) -> int:
+    """`longest_message_bytes` of a compact plan's messages (its own transfers: each copy's
+    have its template's bytes), from the stacked pieces: a piece of rows `[a, b)` of a stack
+    is `b - a` member pieces of its other dims, each aligned on the wire."""
+    stacking = transfers.stacking
+    tensors = problem.request.tensors
+    longest = 0
+    for transfer in transfers.own:
+        length = 0
+        for p in transfer.pieces:
+            members = (p.tensor,) if stacking is None else stacking.members[p.tensor]
+            if len(members) == 1:
+                length = align_up(length) + volume(p.box) * tensors[members[0]].itemsize_bytes
+                continue
+            (lo, hi), rest = p.box[0], p.box[1:]
+            each = volume(rest) * tensors[members[0]].itemsize_bytes
+            for _ in range(lo, hi):
+                length = align_up(length) + each
+        longest = max(longest, length)
+    return longest
+
+
 def check_delivers(problem: Problem, plan: Plan) -> Simulation:
     """The plan's port-v1 schedule and validity errors, from its distinct part when it is
     compact."""
@@ -90,7 +112,10 @@ def prepare(
     errors = check_delivers(problem, plan).errors
     if errors:
         raise InvalidPlanError(f"plan: {errors[0]} ({len(errors)} problem(s) in all)")
-    longest = longest_message_bytes(problem, distinct_transfers(plan.transfers))
+    if isinstance(plan.transfers, CompactTransfers):
+        longest = longest_compact_message_bytes(problem, plan.transfers)
+    else:
+        longest = longest_message_bytes(problem, plan.transfers)
     chunk = message_chunk_bytes(chunk_bytes, staging_bytes, longest)
     program = rank_program(problem, device_transfers(plan.transfers, rank), rank, chunk)
     groups = tuple(member_sets(plan.transfers)) if mode == "broadcast" else ()

@@ -141,6 +141,13 @@ def _carve(parts: list[Box], box: Box) -> tuple[list[Box], list[Box]]:
     return inside, outside
 
 
+def _by_tensor(regions: Sequence[Region]) -> dict[int, list[tuple[int, Region]]]:
+    found: dict[int, list[tuple[int, Region]]] = {}
+    for i, r in enumerate(regions):
+        found.setdefault(r.tensor, []).append((i, r))
+    return found
+
+
 class _Builder:
     """Walks the plan once for one rank, tracking which relay buffers hold what."""
 
@@ -148,21 +155,28 @@ class _Builder:
         self.problem, self.rank = problem, rank
         self.sources = rank_regions(problem, rank, "src")
         self.destinations = rank_regions(problem, rank, "dst")
+        #: per tensor, its source and destination regions with their numbers (a rank of a
+        #: refit holds thousands of tensors: no scan over all of them per piece)
+        self._sources_of = _by_tensor(self.sources)
+        self._destinations_of = _by_tensor(self.destinations)
         self.relays: list[RelayBuffer] = []
         self.relay_by_tensor: dict[int, list[int]] = {}
         self.relay_born: dict[int, int] = {}
         self.relay_last_use: dict[int, int] = {}
 
-    def regions(self, regions: Sequence[Region], tensor: int) -> list[tuple[int, Region]]:
-        return [(i, r) for i, r in enumerate(regions) if r.tensor == tensor]
+    def sources_of(self, tensor: int) -> list[tuple[int, Region]]:
+        return self._sources_of.get(tensor, [])
+
+    def destinations_of(self, tensor: int) -> list[tuple[int, Region]]:
+        return self._destinations_of.get(tensor, [])
 
     def read_from(self, tensor: int, box: Box, position: int) -> tuple[Segment, ...]:
         """Where a sender finds `box`: its source first, then its destination tensors (a part
         of them it sends on has arrived: the plan is valid), then relay buffers."""
         segments, left = [], [box]
         for kind, candidates in (
-            (SOURCE, self.regions(self.sources, tensor)),
-            (DESTINATION, self.regions(self.destinations, tensor)),
+            (SOURCE, self.sources_of(tensor)),
+            (DESTINATION, self.destinations_of(tensor)),
             (RELAY, [(r, self.relays[r]) for r in self.relay_by_tensor.get(tensor, [])]),
         ):
             for ref, held in candidates:
@@ -181,12 +195,12 @@ class _Builder:
         """Where a receiver puts `box`: every destination region it meets; what lies outside
         them and outside its source goes to a new relay buffer (kept if sent on later)."""
         segments, left = [], [box]
-        for ref, region in self.regions(self.destinations, tensor):
+        for ref, region in self.destinations_of(tensor):
             common = intersect(box, region.box)
             if common is not None:
                 segments.append(Segment(common, DESTINATION, ref))
             left = _carve(left, region.box)[1]
-        for _, region in self.regions(self.sources, tensor):
+        for _, region in self.sources_of(tensor):
             left = _carve(left, region.box)[1]
         itemsize = self.problem.request.tensors[tensor].itemsize_bytes
         for part in left:
@@ -200,7 +214,7 @@ class _Builder:
     def local_copies(self) -> tuple[LocalCopy, ...]:
         copies = []
         for d, dst in enumerate(self.destinations):
-            for s, src in self.regions(self.sources, dst.tensor):
+            for s, src in self.sources_of(dst.tensor):
                 common = intersect(src.box, dst.box)
                 if common is not None:
                     copies.append(LocalCopy(common, s, d))

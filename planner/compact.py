@@ -323,14 +323,6 @@ def check_compact(problem: Problem, transfers: CompactTransfers) -> Simulation:
     return simulate(work, transfers.own, copied_devices(transfers.replicas))
 
 
-def distinct_transfers(transfers: Sequence[Transfer]) -> Iterator[Transfer]:
-    """Transfers of the request covering every distinct message of the plan: a compact plan's
-    own (each copy's messages have its template's bytes), every transfer otherwise."""
-    if isinstance(transfers, CompactTransfers):
-        return (transfers.expanded(t) for t in transfers.own)
-    return iter(transfers)
-
-
 def device_transfers(transfers: Sequence[Transfer], device: int) -> list[tuple[int, Transfer]]:
     """The transfers `device` takes part in, with their plan indices, in order; for a compact
     plan built from its own transfers and its device's copy only."""

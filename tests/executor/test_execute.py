@@ -437,6 +437,6 @@ def test_relays_too_large_for_the_staging_budget_are_folded_bit_exact(
     assert report.verified, report.mismatches
     assert all(m["folded_transfers"] > 0 for m in report.memory)
     # what ran is a plan of its own, checked, with its own port-v1 makespan
-    assert report.predicted_s == folded_plan(problem, plan)[0].makespan_s
+    assert report.predicted_s == folded_plan(problem, plan).plan.makespan_s
     assert all(m["peak_relay_bytes"] == 0 for m in report.memory)
     assert all(m["staging_bytes"] <= 1 << 15 for m in report.memory)

@@ -15,7 +15,6 @@ from meshcast.planner.compact import (
     CompactTransfers,
     check_compact,
     device_transfers,
-    distinct_transfers,
     member_sets,
 )
 from meshcast.planner.plan import Plan
@@ -109,8 +108,6 @@ def test_each_device_walks_its_own_transfers_and_its_copy_only() -> None:
         assert device_transfers(tuple(transfers), device) == expected
     assert "_built" not in vars(transfers)
     assert member_sets(transfers) == member_sets(tuple(transfers))
-    longest = max(sum(1 for _ in t.pieces) for t in transfers)
-    assert max(len(t.pieces) for t in distinct_transfers(transfers)) == longest
 
 
 def test_a_compact_plan_is_checked_from_its_distinct_part() -> None:

@@ -63,9 +63,7 @@ def test_integer_units_follow_the_same_clock(moves: list[Move]) -> None:
     clock = PortClock(NUM_PORTS, origin=0)
     ends: list[int] = []
     for m in units:
-        _, end = clock.place(
-            int(m.duration_s), m.ports, max((ends[d] for d in m.deps), default=0)
-        )
+        _, end = clock.place(int(m.duration_s), m.ports, max((ends[d] for d in m.deps), default=0))
         assert isinstance(end, int)
         ends.append(end)
     assert [float(e) for e in ends] == [e for _, e in seconds.times]
