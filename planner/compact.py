@@ -31,8 +31,10 @@ from meshcast.planner.replicas import Copy, Replicas, copied_devices, num_copied
 from meshcast.planner.simulate import Simulation, simulate
 from meshcast.planner.stacking import Stacking
 
-#: copies whose numbers are turned into Python integers at a time when writing
+#: copies whose numbers are turned into Python integers at a time when writing, and the most
+#: numbers at a time (a copy of a stacked template has thousands)
 _ROWS_AT_ONCE = 64
+_NUMBERS_AT_ONCE = 1 << 16
 
 
 class CompactTransfers(Sequence[Transfer]):
@@ -180,22 +182,32 @@ class CompactTransfers(Sequence[Transfer]):
                 for c in range(len(rep.copies)):
                     yield ",".join(transfer_text(i, t) for i, t in self._copy(rep, c, which))
                 continue
-            columns: list[np.ndarray] = []
-            texts: list[str] = []
             first = self._first_ids[which]
-            for j, (k, regions) in enumerate(zip(rep.template, self._regions[which], strict=True)):
+            template = list(zip(rep.template, self._regions[which], strict=True))
+            # first pass: each transfer's text, a number the same in every copy written into
+            # it once; second pass: the other numbers into one array (no list of columns)
+            texts: list[str] = []
+            varying: list[list[bool]] = []
+            for j, (k, regions) in enumerate(template):
                 t = self.own[k]
-                shape = self.expanded(writer.shaped(t, regions))
                 numbers = writer.columns(t, first + j, len(rep.template), regions)
-                # a number the same in every copy is written into the text once
                 same = [bool((c == c[0]).all()) for c in numbers]
                 fixed = tuple(str(c[0]) if s else "%d" for c, s in zip(numbers, same, strict=True))
-                texts.append(transfer_text_format(shape) % fixed)
-                columns += [c for c, s in zip(numbers, same, strict=True) if not s]
+                texts.append(transfer_text_format(self.expanded(writer.shaped(t, regions))) % fixed)
+                varying.append([not s for s in same])
             text = ",".join(texts)
-            values = np.stack(columns, axis=1) if columns else np.zeros((len(rep.copies), 0))
-            for start in range(0, len(values), _ROWS_AT_ONCE):  # Python ints for a few only
-                for row in values[start : start + _ROWS_AT_ONCE].tolist():
+            values = np.empty((len(rep.copies), sum(map(sum, varying))), dtype=np.int64)
+            at = 0
+            for j, (k, regions) in enumerate(template):
+                numbers = writer.columns(self.own[k], first + j, len(rep.template), regions)
+                for column, keep in zip(numbers, varying[j], strict=True):
+                    if keep:
+                        values[:, at] = column
+                        at += 1
+            # Python ints for a few copies at a time only
+            rows = max(1, min(_ROWS_AT_ONCE, _NUMBERS_AT_ONCE // max(1, values.shape[1])))
+            for start in range(0, len(values), rows):
+                for row in values[start : start + rows].tolist():
                     yield text % tuple(row)
 
 
