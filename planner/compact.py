@@ -188,6 +188,7 @@ class CompactTransfers(Sequence[Transfer]):
             # it once; second pass: the other numbers into one array (no list of columns)
             texts: list[str] = []
             varying: list[list[bool]] = []
+            largest = 0
             for j, (k, regions) in enumerate(template):
                 t = self.own[k]
                 numbers = writer.columns(t, first + j, len(rep.template), regions)
@@ -195,8 +196,10 @@ class CompactTransfers(Sequence[Transfer]):
                 fixed = tuple(str(c[0]) if s else "%d" for c, s in zip(numbers, same, strict=True))
                 texts.append(transfer_text_format(self.expanded(writer.shaped(t, regions))) % fixed)
                 varying.append([not s for s in same])
+                largest = max([largest, *(int(abs(c).max()) for c in numbers)])
             text = ",".join(texts)
-            values = np.empty((len(rep.copies), sum(map(sum, varying))), dtype=np.int64)
+            kind = np.int32 if largest < 2**31 else np.int64  # half the memory when it fits
+            values = np.empty((len(rep.copies), sum(map(sum, varying))), dtype=kind)
             at = 0
             for j, (k, regions) in enumerate(template):
                 numbers = writer.columns(self.own[k], first + j, len(rep.template), regions)
