@@ -1,13 +1,7 @@
 """meshcast executor: runs a `meshcast.plan/v1` inside a torch.distributed job (DESIGN §5)."""
 
-from meshcast.executor.executor import (
-    MODES,
-    Executor,
-    InvalidPlanError,
-    PlanMismatchError,
-    execute,
-    plan_fingerprint,
-)
+from meshcast.executor.agreement import InvalidPlanError, PlanMismatchError, plan_fingerprint
+from meshcast.executor.executor import MODES, Executor, execute
 
 __all__ = [
     "MODES",

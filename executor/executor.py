@@ -35,29 +35,18 @@ from meshcast.executor.agreement import (
     InvalidPlanError,
     PlanMismatchError,
     agree_on_plan,
-    plan_fingerprint,
 )
 from meshcast.executor.arguments import Expected, agree, check_arguments
 from meshcast.executor.chunks import LocalTensors
 from meshcast.executor.dtypes import TORCH_DTYPES
 from meshcast.executor.local_data import LocalData, Shards, as_local_data, region_views
-from meshcast.executor.preparation import message_chunk_bytes, prepare
+from meshcast.executor.preparation import prepare
 from meshcast.executor.program import RankProgram, RankStep, rank_program
 from meshcast.executor.relays import folded_plan
 from meshcast.executor.wire import ALIGN_BYTES
 from meshcast.planner.compact import member_sets
 from meshcast.planner.plan import Plan
 from meshcast.planner.request import Request
-
-__all__ = [
-    "MODES",
-    "Executor",
-    "InvalidPlanError",
-    "PlanMismatchError",
-    "execute",
-    "message_chunk_bytes",
-    "plan_fingerprint",
-]
 
 Mode = Literal["chain", "broadcast"]
 MODES: tuple[Mode, ...] = ("chain", "broadcast")

@@ -32,8 +32,8 @@ _EXPORTS: dict[str, str] = {
     "make_plan": "meshcast.solver.registry",
     "plan_request": "meshcast.solver.registry",
     "Executor": "meshcast.executor.executor",
-    "InvalidPlanError": "meshcast.executor.executor",
-    "PlanMismatchError": "meshcast.executor.executor",
+    "InvalidPlanError": "meshcast.executor.agreement",
+    "PlanMismatchError": "meshcast.executor.agreement",
     "execute": "meshcast.executor.executor",
     "reshard": "meshcast.executor.dtensor",
     "MeshcastClient": "meshcast.api.client",
@@ -65,13 +65,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from meshcast.api.client import MeshcastClient
+    from meshcast.executor.agreement import InvalidPlanError, PlanMismatchError
     from meshcast.executor.dtensor import reshard
-    from meshcast.executor.executor import (
-        Executor,
-        InvalidPlanError,
-        PlanMismatchError,
-        execute,
-    )
+    from meshcast.executor.executor import Executor, execute
     from meshcast.planner.errors import PlanFormatError, RequestError
     from meshcast.planner.fused import Fused
     from meshcast.planner.plan import Piece, Plan, SolveStatus, Transfer

@@ -228,17 +228,9 @@ def _stacked_copies(
             }
             for i in range(count)
         ],
-        "meshes": {
-            "a": {"shape": [2, 2], "devices": [0, 1, 2, 3]},
-            "b": {"shape": [2, 2], "devices": [4, 5, 6, 7]},
-        },
-        "cluster": {
-            "hosts": [[0, 1], [2, 3], [4, 5], [6, 7]],
-            "nic_gbps": 10,
-            "nics_per_host": 2,
-            "intra_gbps": 100,
-            "latency_us": 5,
-        },
+        # BASE's meshes and cluster: two hosts of two GPUs per mesh
+        "meshes": copy.deepcopy(BASE["meshes"]),
+        "cluster": copy.deepcopy(BASE["cluster"]),
     }
 
 
