@@ -53,7 +53,7 @@ def placement_names(placements: Sequence[Placement], where: str) -> list[str]:
     return names
 
 
-def _mesh_json(mesh: DeviceMesh) -> dict[str, Any]:
+def mesh_json(mesh: DeviceMesh) -> dict[str, Any]:
     return {"shape": list(mesh.shape), "devices": mesh.mesh.flatten().tolist()}
 
 
@@ -83,7 +83,7 @@ def reshard_request(
     time_limit_s: float = 2.0,
 ) -> Request:
     """The `meshcast.request/v1` that moves `x` to `dst_placements` on `dst_mesh`."""
-    src_json, dst_json = _mesh_json(x.device_mesh), _mesh_json(dst_mesh)
+    src_json, dst_json = mesh_json(x.device_mesh), mesh_json(dst_mesh)
     meshes = {"src": src_json} if src_json == dst_json else {"src": src_json, "dst": dst_json}
     if x.dtype not in DTYPE_NAMES:
         raise ValueError(f"x.dtype: {x.dtype} is not supported")
@@ -114,7 +114,7 @@ def reshard_request(
 PlanFunction = Callable[[Request], Plan]
 
 
-def _plan_on_rank0(request: Request, plan_with: PlanFunction) -> Plan:
+def plan_on_rank0(request: Request, plan_with: PlanFunction) -> Plan:
     """Rank 0 plans, every rank receives the same plan (timed solvers differ run to run), as
     it was planned: a compact plan travels and stays compact."""
     box: list[Any] = [None]
@@ -131,7 +131,7 @@ def _executor(request: Request, mode: Mode, plan_with: PlanFunction) -> Executor
     if key in _executors:
         _executors.move_to_end(key)
         return _executors[key]
-    executor = Executor(_plan_on_rank0(request, plan_with), request, mode=mode)
+    executor = Executor(plan_on_rank0(request, plan_with), request, mode=mode)
     _executors[key] = executor
     if len(_executors) > CACHE_SIZE:
         _executors.popitem(last=False)[1].close()
@@ -144,9 +144,9 @@ def _out_problem(
     """What makes `out` unfit to receive `x` laid out as `dst_placements` over `dst_mesh`."""
     if not isinstance(out, DTensor):
         return f"out: expected a DTensor, got {type(out).__name__}"
-    if _mesh_json(out.device_mesh) != _mesh_json(dst_mesh):
+    if mesh_json(out.device_mesh) != mesh_json(dst_mesh):
         return (
-            f"out.device_mesh: expected {_mesh_json(dst_mesh)}, got {_mesh_json(out.device_mesh)}"
+            f"out.device_mesh: expected {mesh_json(dst_mesh)}, got {mesh_json(out.device_mesh)}"
         )
     if list(out.placements) != list(dst_placements):
         return f"out.placements: expected {list(dst_placements)}, got {list(out.placements)}"

@@ -1,0 +1,254 @@
+"""Whole-model refit: a trainer's state dict into live inference-engine parameters, planned once.
+
+`Refit(rules, trainer_state=..., engine_params=..., engine_mesh=...)` is a collective over the
+default world. Trainer ranks pass their state dict (name -> DTensor, any placements meshcast
+takes, each on its own mesh or sub-mesh); each engine rank passes its live parameters (name ->
+local tensor) and its engine's tensor-parallel mesh; ranks in neither pass nothing. The rules
+(`planner.refit_map`) say which trainer tensors each engine parameter is made of and what each
+engine rank keeps. Set-up costs a bounded number of collectives, not one per tensor: one
+gather of every rank's description (and of host names when no cluster is given), one
+broadcast of the plan rank 0 makes for the whole model, and the executor's own set-up.
+
+`sync()` then moves the trainer's current values straight into the engine's parameters (views
+of them: the same tensor objects, in place), bit-exact, through the executor's fixed staging
+pool; it plans nothing and allocates nothing new after the first. A `sync` that fails on any
+rank leaves `current` false: the engine's weights must not be taken as the trainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from meshcast.executor.dtensor import (
+    PlanFunction,
+    local_cluster,
+    mesh_json,
+    placement_names,
+    plan_on_rank0,
+)
+from meshcast.executor.dtypes import DTYPE_NAMES
+from meshcast.executor.executor import STAGING_BYTES, Executor
+from meshcast.planner.refit_map import Rule, check_engine_shapes, refit_blocks
+from meshcast.planner.request import Request, parse_request
+from meshcast.solver import plan_request
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What one rank tells the others at set-up."""
+
+    rank: int
+    #: trainer: name -> (shape, dtype, its mesh, its placements)
+    tensors: dict[str, tuple[tuple[int, ...], str, dict[str, Any], tuple[str, ...]]] | None
+    #: engine: its engine's ranks in tensor-parallel order, and its parameters' local shapes
+    engine: tuple[tuple[int, ...], dict[str, tuple[int, ...]]] | None
+    #: what is wrong with this rank's arguments
+    problem: str | None = None
+
+
+def _describe(
+    trainer_state: Mapping[str, Any] | None,
+    engine_params: Mapping[str, Any] | None,
+    engine_mesh: DeviceMesh | None,
+) -> _Described:
+    rank = dist.get_rank()
+    try:
+        if trainer_state is not None and engine_params is not None:
+            raise ValueError("a rank is either a trainer or an engine rank, not both")
+        tensors = None
+        if trainer_state is not None:
+            tensors = {}
+            for name, t in trainer_state.items():
+                if not isinstance(t, DTensor):
+                    raise ValueError(
+                        f"trainer_state[{name!r}]: expected a DTensor, got {type(t).__name__}"
+                    )
+                if t.dtype not in DTYPE_NAMES:
+                    raise ValueError(f"trainer_state[{name!r}]: dtype {t.dtype} is not supported")
+                names = placement_names(t.placements, f"trainer_state[{name!r}].placements")
+                tensors[name] = (
+                    tuple(t.shape),
+                    DTYPE_NAMES[t.dtype],
+                    mesh_json(t.device_mesh),
+                    tuple(names),
+                )
+        engine = None
+        if engine_params is not None:
+            if engine_mesh is None or engine_mesh.ndim != 1:
+                raise ValueError(
+                    "engine_mesh: an engine rank passes its engine's 1-D tensor-parallel mesh"
+                )
+            devices = tuple(engine_mesh.mesh.flatten().tolist())
+            for name, t in engine_params.items():
+                if not isinstance(t, torch.Tensor) or isinstance(t, DTensor):
+                    raise ValueError(f"engine_params[{name!r}]: expected a local torch.Tensor")
+            engine = (devices, {name: tuple(t.shape) for name, t in engine_params.items()})
+        return _Described(rank, tensors, engine)
+    except ValueError as err:
+        return _Described(rank, None, None, str(err))
+
+
+def _agreed(everyone: list[_Described]) -> None:
+    """Raise on every rank what any rank found wrong with its own arguments."""
+    problems = [(d.rank, d.problem) for d in everyone if d.problem]
+    if problems:
+        rank, problem = problems[0]
+        raise ValueError(f"rank {rank}: {problem}")
+
+
+def refit_request(
+    rules: Mapping[str, Rule],
+    everyone: list[_Described],
+    cluster: Mapping[str, Any],
+    algorithm: str,
+    time_limit_s: float,
+) -> tuple[Request, tuple[tuple[int, ...], ...]]:
+    """The one request of the whole model, and the engines (their ranks in TP order), from
+    every rank's description. The same on every rank: its errors are raised everywhere."""
+    trainers = [d for d in everyone if d.tensors is not None]
+    if not trainers:
+        raise ValueError("trainer_state: no rank passed one")
+    # every trainer rank holds the same tensors; a tensor's mesh may differ per rank (FSDP2
+    # keeps some tensors on a sub-mesh containing the rank): then its layout is blocks
+    first = trainers[0].tensors
+    assert first is not None
+    for d in trainers[1:]:
+        assert d.tensors is not None
+        if set(d.tensors) != set(first):
+            odd = sorted(set(d.tensors) ^ set(first))[0]
+            raise ValueError(
+                f"{odd}: in the state dict of some trainer ranks, not of rank {d.rank}"
+            )
+    engines = sorted({d.engine[0] for d in everyone if d.engine is not None})
+    if not engines:
+        raise ValueError("engine_params: no rank passed any")
+    num_ranks = len(engines[0])
+    if any(len(e) != num_ranks for e in engines):
+        raise ValueError(f"engine_mesh: engines of different sizes {[len(e) for e in engines]}")
+    shapes = {name: spec[0] for name, spec in first.items()}
+    for d in everyone:
+        if d.engine is not None:
+            check_engine_shapes(rules, shapes, d.engine[1], d.engine[0].index(d.rank), num_ranks)
+    blocks = refit_blocks(rules, shapes, num_ranks, len(engines))
+    meshes: dict[str, dict[str, Any]] = {
+        "engines": {"shape": [len(engines), num_ranks], "devices": [r for e in engines for r in e]}
+    }
+    tensors = []
+    for name, (shape, dtype, _, _) in first.items():
+        layouts = {
+            (tuple(d.tensors[name][2]["devices"]), d.tensors[name][3])
+            for d in trainers
+            if d.tensors
+        }
+        if len(layouts) != 1:
+            raise ValueError(
+                f"{name}: its trainer ranks hold it on {len(layouts)} different meshes; a refit "
+                "takes one mesh per tensor"
+            )
+        mesh, placements = first[name][2], first[name][3]
+        key = f"trainer{len(meshes) - 1}"
+        for existing, spec in meshes.items():
+            if spec == mesh:
+                key = existing
+        meshes.setdefault(key, mesh)
+        tensors.append(
+            {
+                "name": name,
+                "shape": list(shape),
+                "dtype": dtype,
+                "src": {"mesh": key, "placements": list(placements)},
+                "dst": {
+                    "mesh": "engines",
+                    "blocks": [
+                        [[list(iv) for iv in box] for box in boxes] for boxes in blocks[name]
+                    ],
+                },
+            }
+        )
+    raw = {
+        "tensors": tensors,
+        "meshes": meshes,
+        "cluster": dict(cluster),
+        "options": {"algorithm": algorithm, "time_limit_s": time_limit_s},
+    }
+    return parse_request(raw), tuple(engines)
+
+
+class Refit:
+    """A whole-model refit prepared once on every rank; `sync()` every step."""
+
+    def __init__(
+        self,
+        rules: Mapping[str, Rule],
+        *,
+        trainer_state: Mapping[str, DTensor] | None = None,
+        engine_params: Mapping[str, torch.Tensor] | None = None,
+        engine_mesh: DeviceMesh | None = None,
+        cluster: Mapping[str, Any] | None = None,
+        algorithm: str = "greedy",
+        time_limit_s: float = 2.0,
+        plan_with: PlanFunction = plan_request,
+        staging_bytes: int = STAGING_BYTES,
+        timeout: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.rules = dict(rules)
+        self.trainer_state = trainer_state
+        self.engine_params = engine_params
+        mine = _describe(trainer_state, engine_params, engine_mesh)
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        _agreed(everyone)
+        cluster = cluster if cluster is not None else local_cluster()
+        #: the one request of the whole model, and its plan
+        self.request, engines = refit_request(
+            self.rules, everyone, cluster, algorithm, time_limit_s
+        )
+        self.plan = plan_on_rank0(self.request, plan_with)
+        self._executor = Executor(
+            self.plan, self.request, staging_bytes=staging_bytes, timeout=timeout
+        )
+        self._out = self._engine_views(engines) if engine_params is not None else {}
+        #: the engine's parameters hold the trainer's values of the last `sync`
+        self.current = False
+        self.num_syncs = 0
+
+    def _engine_views(self, engines: tuple[tuple[int, ...], ...]) -> dict[str, list[torch.Tensor]]:
+        """Per trainer tensor, views of this engine rank's parameters its blocks land in, in
+        the order of its destination blocks (rules in order, parts in order)."""
+        assert self.engine_params is not None
+        rank = dist.get_rank()
+        engine = next(e for e in engines if rank in e)
+        shapes = {t.name: t.shape for t in self.request.tensors}
+        out: dict[str, list[torch.Tensor]] = {}
+        for name, rule in self.rules.items():
+            local = rule.local(shapes, engine.index(rank), len(engine))
+            param, at = self.engine_params[name], 0
+            for part in local.parts:
+                lo, hi = part.box[local.dim]
+                out.setdefault(part.tensor, []).append(param.narrow(local.dim, at, hi - lo))
+                at += hi - lo
+        return out
+
+    def sync(self) -> None:
+        """Move the trainer's current values into the engine's parameters (a collective)."""
+        self.current = False
+        sources = (
+            {name: t.to_local() for name, t in self.trainer_state.items()}
+            if self.trainer_state is not None
+            else {}
+        )
+        self._executor.run(sources, self._out)
+        self.current = True
+        self.num_syncs += 1
+
+    def close(self) -> None:
+        """Release the executor's process groups (a collective)."""
+        self._executor.close()
