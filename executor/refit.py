@@ -36,8 +36,9 @@ from meshcast.executor.dtensor import (
 )
 from meshcast.executor.dtypes import DTYPE_NAMES
 from meshcast.executor.executor import STAGING_BYTES, Executor
+from meshcast.planner.holdings import Holding, holding_of
 from meshcast.planner.refit_map import Rule, check_engine_shapes, refit_blocks
-from meshcast.planner.request import Request, parse_request
+from meshcast.planner.request import Layout, MeshSpec, Request, parse_placement, parse_request
 from meshcast.solver import plan_request
 
 
@@ -142,29 +143,25 @@ def refit_request(
         "engines": {"shape": [len(engines), num_ranks], "devices": [r for e in engines for r in e]}
     }
     tensors = []
-    for name, (shape, dtype, _, _) in first.items():
-        layouts = {
+    for name, (shape, dtype, mesh, placements) in first.items():
+        held = {
             (tuple(d.tensors[name][2]["devices"]), d.tensors[name][3])
             for d in trainers
             if d.tensors
         }
-        if len(layouts) != 1:
-            raise ValueError(
-                f"{name}: its trainer ranks hold it on {len(layouts)} different meshes; a refit "
-                "takes one mesh per tensor"
-            )
-        mesh, placements = first[name][2], first[name][3]
-        key = f"trainer{len(meshes) - 1}"
-        for existing, spec in meshes.items():
-            if spec == mesh:
-                key = existing
-        meshes.setdefault(key, mesh)
+        if len(held) == 1:  # one mesh: DTensor placements as they are
+            key = next((k for k, spec in meshes.items() if spec == mesh), f"trainer{len(meshes)}")
+            meshes[key] = mesh
+            src: dict[str, Any] = {"mesh": key, "placements": list(placements)}
+        else:  # each rank on its own sub-mesh: what each holds, as blocks
+            meshes["trainers"] = {"shape": [len(trainers)], "devices": [d.rank for d in trainers]}
+            src = {"mesh": "trainers", "blocks": [_held_boxes(d, name) for d in trainers]}
         tensors.append(
             {
                 "name": name,
                 "shape": list(shape),
                 "dtype": dtype,
-                "src": {"mesh": key, "placements": list(placements)},
+                "src": src,
                 "dst": {
                     "mesh": "engines",
                     "blocks": [
@@ -180,6 +177,34 @@ def refit_request(
         "options": {"algorithm": algorithm, "time_limit_s": time_limit_s},
     }
     return parse_request(raw), tuple(engines)
+
+
+def _holding(
+    shape: tuple[int, ...], mesh: Mapping[str, Any], placements: tuple[str, ...], rank: int
+) -> Holding:
+    """What `rank` holds of a tensor of `shape` laid out by `placements` over `mesh`."""
+    spec = MeshSpec(tuple(mesh["shape"]), tuple(mesh["devices"]))
+    parsed = tuple(parse_placement("placements", p, len(shape)) for p in placements)
+    return holding_of(shape, spec, Layout("mesh", parsed), spec.devices.index(rank))
+
+
+def _held_boxes(d: _Described, name: str) -> list[list[list[int]]]:
+    assert d.tensors is not None
+    shape, _, mesh, placements = d.tensors[name]
+    return [[list(iv) for iv in box] for box in _holding(shape, mesh, placements, d.rank).boxes]
+
+
+def _block_views(t: DTensor, rank: int) -> list[torch.Tensor]:
+    """A DTensor's local tensor as views, one per box it holds (a blocks source layout)."""
+    names = tuple(placement_names(t.placements, "placements"))
+    holding = _holding(tuple(t.shape), mesh_json(t.device_mesh), names, rank)
+    local, views = t.to_local(), []
+    for box, (_, offsets) in zip(holding.boxes, holding.places, strict=True):
+        view = local
+        for dim, ((lo, hi), at) in enumerate(zip(box, offsets, strict=True)):
+            view = view.narrow(dim, at, hi - lo)
+        views.append(view)
+    return views
 
 
 class Refit:
@@ -240,11 +265,14 @@ class Refit:
     def sync(self) -> None:
         """Move the trainer's current values into the engine's parameters (a collective)."""
         self.current = False
-        sources = (
-            {name: t.to_local() for name, t in self.trainer_state.items()}
-            if self.trainer_state is not None
-            else {}
-        )
+        sources: dict[str, Any] = {}
+        if self.trainer_state is not None:
+            rank = dist.get_rank()
+            for spec in self.request.tensors:
+                t = self.trainer_state[spec.name]
+                sources[spec.name] = (
+                    _block_views(t, rank) if spec.src.blocks is not None else t.to_local()
+                )
         self._executor.run(sources, self._out)
         self.current = True
         self.num_syncs += 1

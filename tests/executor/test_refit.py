@@ -21,12 +21,13 @@ pytestmark = pytest.mark.torch
 
 #: a small MLP block and its norm as a trainer names them
 SHAPES = {"gate": (8, 6), "up": (8, 6), "down": (6, 8), "norm": (6,)}
-#: on the trainer's (dp 2, tp 2) mesh: FSDP2 over TP rows, TP columns, and a TP-sharded norm
+#: on the trainer's (dp 2, tp 2) mesh: FSDP2 over TP rows, TP columns; the norm as FSDP2
+#: keeps it, sharded over the sub-mesh `mesh["dp"]` that contains the rank (two sub-meshes)
 TRAINER_PLACEMENTS = {
     "gate": [_StridedShard(0, split_factor=2), Shard(0)],
     "up": [_StridedShard(0, split_factor=2), Shard(0)],
-    "down": [Shard(0), Shard(1)],
-    "norm": [Replicate(), Shard(0)],
+    "down": [Replicate(), Shard(1)],
+    "norm": [Shard(0)],
 }
 #: the engine's fused layout: gate_up column parallel, down row parallel, norm replicated
 RULES: dict[str, Rule] = {
@@ -61,7 +62,9 @@ def _expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]:
 
 def _refit_job(corrupt_engine_shape: bool = False) -> dict[str, Any]:
     rank = dist.get_rank()
-    trainer_mesh = DeviceMesh("cpu", torch.tensor(TRAINER).reshape(2, 2))
+    trainer_mesh = DeviceMesh(
+        "cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp")
+    )
     engine_meshes = [DeviceMesh("cpu", torch.tensor(e)) for e in ENGINES]
     values = _values(0)
     trainer_state = None
@@ -69,7 +72,10 @@ def _refit_job(corrupt_engine_shape: bool = False) -> dict[str, Any]:
     if rank in TRAINER:
         trainer_state = {
             name: distribute_tensor(
-                values[name], trainer_mesh, TRAINER_PLACEMENTS[name], src_data_rank=None
+                values[name],
+                trainer_mesh["dp"] if name == "norm" else trainer_mesh,
+                TRAINER_PLACEMENTS[name],
+                src_data_rank=None,
             )
             for name in SHAPES
         }
@@ -106,6 +112,9 @@ def _refit_job(corrupt_engine_shape: bool = False) -> dict[str, Any]:
         "planned_once": refit.plan is plan,
         "same_objects": same_objects,
         "tensors": len(refit.request.tensors),
+        # the norm's trainer ranks hold it on two sub-meshes: its source is what each holds
+        "sub_mesh_as_blocks": [t.src.blocks is not None for t in refit.request.tensors]
+        == [name == "norm" for name in SHAPES],
     }
     refit.close()
     return out
@@ -118,6 +127,7 @@ def test_a_refit_moves_the_whole_state_dict_into_live_parameters(world: LocalWor
     assert all(a["current"] and a["syncs"] == 2 for a in answers)
     assert all(a["planned_once"] and a["same_objects"] for a in answers)
     assert {a["tensors"] for a in answers} == {len(SHAPES)}  # one request for the whole model
+    assert all(a["sub_mesh_as_blocks"] for a in answers)
 
 
 @pytest.mark.slow
