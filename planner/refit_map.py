@@ -34,10 +34,13 @@ class Part:
 
 @dataclass(frozen=True)
 class LocalParam:
-    """One engine rank's local parameter: `parts` concatenated along `dim`, in order."""
+    """One engine rank's local parameter: `parts` concatenated along `dim`, in order; with
+    `size`, the local tensor is that long along `dim` and what follows the parts is padding
+    the refit leaves as it is (a vocabulary padded to a multiple of 64)."""
 
     parts: tuple[Part, ...]
     dim: int
+    size: int | None = None
 
     def shape(self, name: str = "parameter") -> Shape:
         """The local tensor's shape; `ValueError` naming `name` when the parts' other dims
@@ -54,7 +57,12 @@ class LocalParam:
                     f"{name}: part {part.tensor!r} {list(shape)} does not fit beside "
                     f"{self.parts[0].tensor!r} {list(first)} along dim {self.dim}"
                 )
-        return tuple(sum(s[d] for s in shapes) if d == self.dim else n for d, n in enumerate(first))
+        length = sum(s[self.dim] for s in shapes)
+        if self.size is not None:
+            if length > self.size:
+                raise ValueError(f"{name}: {length} rows of parts exceed the local {self.size}")
+            length = self.size
+        return tuple(length if d == self.dim else n for d, n in enumerate(first))
 
     def views(self) -> dict[str, list[tuple[int, int, Box]]]:
         """Per trainer tensor, where each of its boxes lies in the local tensor, in order:

@@ -16,6 +16,7 @@ from torch.distributed.tensor.placement_types import _StridedShard  # noqa: E402
 from meshcast.executor.local_world import LocalWorld, RankFailure  # noqa: E402
 from meshcast.executor.refit import Refit  # noqa: E402
 from meshcast.planner.refit_map import Concat, Rule, local_shapes  # noqa: E402
+from meshcast.planner.refit_presets import LlamaShape, llama_to_vllm  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -137,3 +138,112 @@ def test_an_engine_parameter_that_does_not_fit_is_an_error_on_every_rank(world: 
     errors = failure.value.errors
     assert sorted(errors) == list(range(world.num_ranks))
     assert all("down: the mapping makes [6, 4] on engine rank 1" in e for e in errors.values())
+
+
+#: a one-layer Llama as transformers names it: 4 heads of 4, 2 key/value heads, vocab 100
+LLAMA = LlamaShape(num_layers=1, num_heads=4, num_kv_heads=2, head_dim=4)
+LLAMA_SHAPES = {
+    "model.embed_tokens.weight": (100, 16),
+    "model.norm.weight": (16,),
+    "lm_head.weight": (100, 16),
+    "model.layers.0.self_attn.q_proj.weight": (16, 16),
+    "model.layers.0.self_attn.k_proj.weight": (8, 16),
+    "model.layers.0.self_attn.v_proj.weight": (8, 16),
+    "model.layers.0.self_attn.o_proj.weight": (16, 16),
+    "model.layers.0.mlp.gate_proj.weight": (24, 16),
+    "model.layers.0.mlp.up_proj.weight": (24, 16),
+    "model.layers.0.mlp.down_proj.weight": (16, 24),
+    "model.layers.0.input_layernorm.weight": (16,),
+    "model.layers.0.post_attention_layernorm.weight": (16,),
+}
+#: the padding rows of a vocabulary-parallel engine tensor: the refit leaves them alone
+PADDING = -7.0
+
+
+def _llama_placements(name: str) -> list[Any]:
+    """FSDP2 (dp, strided over TP) with TP colwise / rowwise, as torch parallelizes Llama."""
+    if name.endswith("norm.weight"):
+        return [Shard(0)]  # on mesh["dp"]
+    if any(k in name for k in ("o_proj", "down_proj")):
+        return [Shard(0), Shard(1)]
+    return [_StridedShard(0, split_factor=2), Shard(0)]
+
+
+def _vllm_expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]:
+    """vLLM's engine tensors on rank `rank` of `tp`, by heads with plain torch ops."""
+    attn, mlp = "model.layers.0.self_attn", "model.layers.0.mlp"
+    q = values[f"{attn}.q_proj.weight"].reshape(4, 4, 16)
+    k = values[f"{attn}.k_proj.weight"].reshape(2, 4, 16)
+    v = values[f"{attn}.v_proj.weight"].reshape(2, 4, 16)
+    heads, kv = (
+        slice(rank * 4 // tp, (rank + 1) * 4 // tp),
+        slice(rank * 2 // tp, (rank + 1) * 2 // tp),
+    )
+    vocab = torch.full((128 // tp, 16), PADDING)
+    rows = slice(rank * 128 // tp, min(100, (rank + 1) * 128 // tp))
+    embed, head = vocab.clone(), vocab.clone()
+    embed[: rows.stop - rows.start] = values["model.embed_tokens.weight"][rows]
+    head[: rows.stop - rows.start] = values["lm_head.weight"][rows]
+    return {
+        "model.embed_tokens.weight": embed,
+        "lm_head.weight": head,
+        "model.norm.weight": values["model.norm.weight"],
+        f"{attn}.qkv_proj.weight": torch.cat([q[heads], k[kv], v[kv]]).reshape(-1, 16),
+        f"{attn}.o_proj.weight": values[f"{attn}.o_proj.weight"].chunk(tp, dim=1)[rank],
+        f"{mlp}.gate_up_proj.weight": torch.cat(
+            [
+                values[f"{mlp}.gate_proj.weight"].chunk(tp)[rank],
+                values[f"{mlp}.up_proj.weight"].chunk(tp)[rank],
+            ]
+        ),
+        f"{mlp}.down_proj.weight": values[f"{mlp}.down_proj.weight"].chunk(tp, dim=1)[rank],
+        "model.layers.0.input_layernorm.weight": values["model.layers.0.input_layernorm.weight"],
+        "model.layers.0.post_attention_layernorm.weight": values[
+            "model.layers.0.post_attention_layernorm.weight"
+        ],
+    }
+
+
+def _llama_refit_job() -> bool:
+    rank = dist.get_rank()
+    trainer_mesh = DeviceMesh(
+        "cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp")
+    )
+    engine_meshes = [DeviceMesh("cpu", torch.tensor(e)) for e in ENGINES]
+    generator = torch.Generator().manual_seed(7)
+    values = {n: torch.randn(s, generator=generator) for n, s in LLAMA_SHAPES.items()}
+    rules = llama_to_vllm(LLAMA)
+    trainer_state, engine_params, engine_mesh, tp_rank = None, None, None, 0
+    if rank in TRAINER:
+        trainer_state = {
+            n: distribute_tensor(
+                values[n],
+                trainer_mesh["dp"] if n.endswith("norm.weight") else trainer_mesh,
+                _llama_placements(n),
+                src_data_rank=None,
+            )
+            for n in LLAMA_SHAPES
+        }
+    for engine, mesh in zip(ENGINES, engine_meshes, strict=True):
+        if rank in engine:
+            engine_mesh, tp_rank = mesh, engine.index(rank)
+            shapes = local_shapes(rules, LLAMA_SHAPES, tp_rank, len(engine))
+            engine_params = {n: torch.full(s, PADDING) for n, s in shapes.items()}
+    refit = Refit(
+        rules,
+        trainer_state=trainer_state,
+        engine_params=engine_params,
+        engine_mesh=engine_mesh,
+        cluster=CLUSTER,
+    )
+    refit.sync()
+    refit.close()
+    if engine_params is None:
+        return refit.current
+    expected = _vllm_expected(values, tp_rank, 2)
+    return refit.current and all(torch.equal(engine_params[n], expected[n]) for n in expected)
+
+
+@pytest.mark.slow
+def test_a_llama_state_dict_refits_into_vllms_layout(world: LocalWorld) -> None:
+    assert all(world.run(_llama_refit_job))

@@ -1,0 +1,139 @@
+"""Refit presets against vLLM's layouts written out head by head with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meshcast.planner.refit_map import LocalParam, check_mapping, local_shapes, refit_blocks
+from meshcast.planner.refit_presets import (
+    LlamaShape,
+    VllmQKV,
+    VocabParallel,
+    identity,
+    llama_to_vllm,
+)
+
+HEADS, KV_HEADS, HEAD_DIM, HIDDEN = 8, 2, 4, 16
+
+
+def _assembled(local: LocalParam, values: dict[str, np.ndarray]) -> np.ndarray:
+    pieces = [values[p.tensor][tuple(slice(lo, hi) for lo, hi in p.box)] for p in local.parts]
+    return np.concatenate(pieces, axis=local.dim)
+
+
+def _vllm_qkv(values: dict[str, np.ndarray], rank: int, tp: int) -> np.ndarray:
+    """vLLM's local qkv_proj weight, by heads: the rank's query heads, then its key/value
+    heads (one replicated head per rank when tp exceeds the key/value heads)."""
+    q = values["q"].reshape(HEADS, HEAD_DIM, HIDDEN)
+    k = values["k"].reshape(KV_HEADS, HEAD_DIM, HIDDEN)
+    v = values["v"].reshape(KV_HEADS, HEAD_DIM, HIDDEN)
+    q_heads = list(range(rank * HEADS // tp, (rank + 1) * HEADS // tp))
+    if tp >= KV_HEADS:
+        kv_heads = [rank // (tp // KV_HEADS)]
+    else:
+        kv_heads = list(range(rank * KV_HEADS // tp, (rank + 1) * KV_HEADS // tp))
+    return np.concatenate([q[q_heads], k[kv_heads], v[kv_heads]]).reshape(-1, HIDDEN)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_vllm_qkv_is_vllms_heads_with_kv_replication(tp: int) -> None:
+    rng = np.random.default_rng(tp)
+    values = {
+        "q": rng.standard_normal((HEADS * HEAD_DIM, HIDDEN)),
+        "k": rng.standard_normal((KV_HEADS * HEAD_DIM, HIDDEN)),
+        "v": rng.standard_normal((KV_HEADS * HEAD_DIM, HIDDEN)),
+    }
+    shapes = {n: v.shape for n, v in values.items()}
+    rule = VllmQKV("q", "k", "v", HEADS, KV_HEADS, HEAD_DIM)
+    for rank in range(tp):
+        local = rule.local(shapes, rank, tp)
+        assert np.array_equal(_assembled(local, values), _vllm_qkv(values, rank, tp))
+        kv_local = max(1, KV_HEADS // tp)
+        assert local.shape() == ((HEADS // tp + 2 * kv_local) * HEAD_DIM, HIDDEN)
+
+
+def test_vllm_qkv_refuses_heads_that_do_not_split() -> None:
+    shapes = {"q": (HEADS * HEAD_DIM, HIDDEN), "k": (8, HIDDEN), "v": (8, HIDDEN)}
+    with pytest.raises(ValueError, match=r"^q: 8 heads do not split over 3 ranks"):
+        VllmQKV("q", "k", "v", HEADS, KV_HEADS, HEAD_DIM).local(shapes, 0, 3)
+    with pytest.raises(ValueError, match=r"^k: 8 ranks do not replicate 3 key/value heads"):
+        VllmQKV("q", "k", "v", 24, 3, HEAD_DIM).local({**shapes, "q": (96, HIDDEN)}, 0, 8)
+
+
+@pytest.mark.parametrize(("vocab", "tp"), [(100, 2), (128, 4), (1000, 8)])
+def test_vocab_parallel_pads_to_64_and_keeps_each_ranks_rows(vocab: int, tp: int) -> None:
+    rule = VocabParallel("embed")
+    padded = -(-vocab // 64) * 64
+    values = {"embed": np.arange(vocab * 3, dtype=np.float64).reshape(vocab, 3)}
+    for rank in range(tp):
+        local = rule.local({"embed": (vocab, 3)}, rank, tp)
+        assert local.shape() == (padded // tp, 3)
+        rows = range(rank * padded // tp, min(vocab, (rank + 1) * padded // tp))
+        assert np.array_equal(_assembled(local, values), values["embed"][list(rows)].reshape(-1, 3))
+
+
+def _llama_shapes(config: LlamaShape, vocab: int, ffn: int) -> dict[str, tuple[int, ...]]:
+    """A transformers Llama state dict's names and shapes (`LlamaForCausalLM.state_dict()`)."""
+    hidden = config.num_heads * config.head_dim
+    kv = config.num_kv_heads * config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(config.num_layers):
+        layer = f"model.layers.{i}"
+        shapes |= {
+            f"{layer}.self_attn.q_proj.weight": (hidden, hidden),
+            f"{layer}.self_attn.k_proj.weight": (kv, hidden),
+            f"{layer}.self_attn.v_proj.weight": (kv, hidden),
+            f"{layer}.self_attn.o_proj.weight": (hidden, hidden),
+            f"{layer}.mlp.gate_proj.weight": (ffn, hidden),
+            f"{layer}.mlp.up_proj.weight": (ffn, hidden),
+            f"{layer}.mlp.down_proj.weight": (hidden, ffn),
+            f"{layer}.input_layernorm.weight": (hidden,),
+            f"{layer}.post_attention_layernorm.weight": (hidden,),
+        }
+    return shapes
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_llama_preset_covers_the_state_dict_with_vllms_local_shapes(tp: int) -> None:
+    config = LlamaShape(num_layers=2, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    shapes = _llama_shapes(config, vocab=100, ffn=24)
+    rules = llama_to_vllm(config)
+    check_mapping(rules, shapes)
+    blocks = refit_blocks(rules, shapes, tp, num_engines=2)
+    assert set(blocks) == set(shapes) and all(len(b) == 2 * tp for b in blocks.values())
+    hidden = HEADS * HEAD_DIM
+    for rank in range(tp):
+        local = local_shapes(rules, shapes, rank, tp)
+        kv_local = max(1, KV_HEADS // tp)
+        assert local["model.layers.1.self_attn.qkv_proj.weight"] == (
+            (HEADS // tp + 2 * kv_local) * HEAD_DIM,
+            hidden,
+        )
+        assert local["model.layers.0.mlp.gate_up_proj.weight"] == (2 * 24 // tp, hidden)
+        assert local["model.layers.0.mlp.down_proj.weight"] == (hidden, 24 // tp)
+        assert local["model.layers.0.self_attn.o_proj.weight"] == (hidden, hidden // tp)
+        assert local["model.embed_tokens.weight"] == (128 // tp, hidden)
+        assert local["model.norm.weight"] == (hidden,)
+
+
+def test_identity_shards_as_torch_chunk_does() -> None:
+    rules = identity({"w": 0, "o": 1, "norm": None})
+    shapes = {"w": (10, 4), "o": (4, 10), "norm": (4,)}
+    values = {n: np.arange(np.prod(s), dtype=np.float64).reshape(s) for n, s in shapes.items()}
+    for rank in range(3):
+        assert np.array_equal(
+            _assembled(rules["w"].local(shapes, rank, 3), values),
+            np.array_split(values["w"], [4, 8])[rank],  # torch.chunk(10, 3): 4, 4, 2
+        )
+        assert np.array_equal(
+            _assembled(rules["o"].local(shapes, rank, 3), values),
+            np.array_split(values["o"], [4, 8], axis=1)[rank],
+        )
+        assert np.array_equal(
+            _assembled(rules["norm"].local(shapes, rank, 3), values), values["norm"]
+        )
