@@ -145,9 +145,7 @@ def _out_problem(
     if not isinstance(out, DTensor):
         return f"out: expected a DTensor, got {type(out).__name__}"
     if mesh_json(out.device_mesh) != mesh_json(dst_mesh):
-        return (
-            f"out.device_mesh: expected {mesh_json(dst_mesh)}, got {mesh_json(out.device_mesh)}"
-        )
+        return f"out.device_mesh: expected {mesh_json(dst_mesh)}, got {mesh_json(out.device_mesh)}"
     if list(out.placements) != list(dst_placements):
         return f"out.placements: expected {list(dst_placements)}, got {list(out.placements)}"
     if out.shape != x.shape or out.dtype != x.dtype:
