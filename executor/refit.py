@@ -11,8 +11,10 @@ broadcast of the plan rank 0 makes for the whole model, and the executor's own s
 
 `sync()` then moves the trainer's current values straight into the engine's parameters (views
 of them: the same tensor objects, in place), bit-exact, through the executor's fixed staging
-pool; it plans nothing and allocates nothing new after the first. A `sync` that fails on any
-rank leaves `current` false: the engine's weights must not be taken as the trainer's.
+pool; it plans nothing and allocates nothing new after the first. A `sync` that fails (a
+trainer tensor that changed shape or dtype on one rank is a `ValueError` on every trainer and
+engine rank, before any data moves) leaves `current` false: the engine's weights must not be
+taken as the trainer's. Ranks in neither role take part in set-up only.
 """
 
 from __future__ import annotations

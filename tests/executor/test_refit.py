@@ -61,7 +61,9 @@ def _expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]:
     }
 
 
-def _refit_job(corrupt_engine_shape: bool = False) -> dict[str, Any]:
+def _refit_job(
+    corrupt_engine_shape: bool = False, fail_second_sync: bool = False
+) -> dict[str, Any]:
     rank = dist.get_rank()
     trainer_mesh = DeviceMesh(
         "cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp")
@@ -101,7 +103,15 @@ def _refit_job(corrupt_engine_shape: bool = False) -> dict[str, Any]:
         if step and trainer_state is not None:  # an optimizer step: every value moves by one
             for t in trainer_state.values():
                 t.to_local().add_(1.0)
-        refit.sync()
+        if step and fail_second_sync and rank == 2:  # one trainer rank's tensor changed dtype
+            assert trainer_state is not None
+            trainer_state["up"] = trainer_state["up"].to(torch.float64)
+        try:
+            refit.sync()
+        except ValueError as err:
+            out = {"error": str(err), "current": refit.current, "syncs": refit.num_syncs}
+            refit.close()
+            return out
         if engine_params is not None:
             expected = _expected(_values(step), tp_rank, 2)
             results.append(all(torch.equal(live[n], expected[n]) for n in expected))
@@ -247,3 +257,13 @@ def _llama_refit_job() -> bool:
 @pytest.mark.slow
 def test_a_llama_state_dict_refits_into_vllms_layout(world: LocalWorld) -> None:
     assert all(world.run(_llama_refit_job))
+
+
+@pytest.mark.slow
+def test_a_failed_sync_raises_everywhere_and_leaves_the_engine_not_current(
+    world: LocalWorld,
+) -> None:
+    answers = world.run(_refit_job, False, True)
+    members = answers[: len(TRAINER) + sum(map(len, ENGINES))]  # ranks in neither move nothing
+    assert all("rank 2: source_shards['up']" in a["error"] for a in members), members[0]
+    assert all(a["current"] is False and a["syncs"] == 1 for a in members)
