@@ -257,11 +257,10 @@ class Refit:
         out: dict[str, list[torch.Tensor]] = {}
         for name, rule in self.rules.items():
             local = rule.local(shapes, engine.index(rank), len(engine))
-            param, at = self.engine_params[name], 0
-            for part in local.parts:
-                lo, hi = part.box[local.dim]
-                out.setdefault(part.tensor, []).append(param.narrow(local.dim, at, hi - lo))
-                at += hi - lo
+            param = self.engine_params[name]
+            for tensor, places in local.views().items():
+                views = out.setdefault(tensor, [])
+                views += [param.narrow(local.dim, at, length) for at, length, _ in places]
         return out
 
     def sync(self) -> None:

@@ -95,9 +95,9 @@ class CompactTransfers(Sequence[Transfer]):
         """Every transfer of the request in execution order, built one at a time."""
         for t in self.own:
             yield self.expanded(t)
-        for rep in self.replicas:
+        for which, rep in enumerate(self.replicas):
             for c in range(len(rep.copies)):
-                for _, t in self._copy(rep, c):
+                for _, t in self._copy(which, c):
                     yield t
 
     def expanded(self, t: Transfer) -> Transfer:
@@ -122,12 +122,10 @@ class CompactTransfers(Sequence[Transfer]):
     def copy_transfers(self, replicas: int, copy: int) -> list[tuple[int, Transfer]]:
         """Copy number `copy` of `self.replicas[replicas]`: its transfers with their plan
         indices, in order (built from the template's, nothing else expanded)."""
-        return list(self._copy(self.replicas[replicas], copy, replicas))
+        return list(self._copy(replicas, copy))
 
-    def _copy(
-        self, rep: Replicas, c: int, which: int | None = None
-    ) -> Iterator[tuple[int, Transfer]]:
-        which = self.replicas.index(rep) if which is None else which
+    def _copy(self, which: int, c: int) -> Iterator[tuple[int, Transfer]]:
+        rep = self.replicas[which]
         copy: Copy = rep.copies[c]
         dev = copy.device
         first = self._first_ids[which] + c * len(rep.template)
@@ -180,7 +178,7 @@ class CompactTransfers(Sequence[Transfer]):
             writer = _CopyWriter(rep, self.stacking)
             if not writer.uniform:  # stacked in some copies, not in others: built one by one
                 for c in range(len(rep.copies)):
-                    yield ",".join(transfer_text(i, t) for i, t in self._copy(rep, c, which))
+                    yield ",".join(transfer_text(i, t) for i, t in self._copy(which, c))
                 continue
             first = self._first_ids[which]
             template = list(zip(rep.template, self._regions[which], strict=True))
@@ -259,11 +257,10 @@ class _CopyWriter(_CopyArrays):
     def __init__(self, rep: Replicas, stacking: Stacking | None) -> None:
         assert rep.copies, "nothing to write"
         super().__init__(rep)
-        num = 1 + max(
-            [int(self.tensors.max(initial=0)), *(p.tensor for p in rep.sources)], default=0
-        )
         if stacking is not None:
             num = len(stacking.members)
+        else:  # every tensor a copy or its template names
+            num = 1 + max([int(self.tensors.max(initial=0)), *(p.tensor for p in rep.sources)])
         self.stacks = _Stacks.of(stacking, num)
         # per region (columns), per copy: is its target a stack? The text's shape needs one
         # answer per region for every copy

@@ -61,17 +61,25 @@ def _expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]:
     }
 
 
+def _meshes() -> tuple[DeviceMesh, DeviceMesh | None, int]:
+    """The trainer's (dp, tp) mesh, and this rank's engine mesh and place in it (a
+    collective: every rank makes every mesh)."""
+    trainer = DeviceMesh("cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp"))
+    engines = [DeviceMesh("cpu", torch.tensor(e)) for e in ENGINES]
+    rank = dist.get_rank()
+    for ranks, mesh in zip(ENGINES, engines, strict=True):
+        if rank in ranks:
+            return trainer, mesh, ranks.index(rank)
+    return trainer, None, 0
+
+
 def _refit_job(
     corrupt_engine_shape: bool = False, fail_second_sync: bool = False
 ) -> dict[str, Any]:
     rank = dist.get_rank()
-    trainer_mesh = DeviceMesh(
-        "cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp")
-    )
-    engine_meshes = [DeviceMesh("cpu", torch.tensor(e)) for e in ENGINES]
+    trainer_mesh, engine_mesh, tp_rank = _meshes()
     values = _values(0)
-    trainer_state = None
-    engine_params, engine_mesh, tp_rank = None, None, 0
+    trainer_state, engine_params = None, None
     if rank in TRAINER:
         trainer_state = {
             name: distribute_tensor(
@@ -82,13 +90,11 @@ def _refit_job(
             )
             for name in SHAPES
         }
-    for engine, mesh in zip(ENGINES, engine_meshes, strict=True):
-        if rank in engine:
-            engine_mesh, tp_rank = mesh, engine.index(rank)
-            shapes = local_shapes(RULES, SHAPES, tp_rank, len(engine))
-            if corrupt_engine_shape and rank == 5:
-                shapes["down"] = (6, 3)
-            engine_params = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    if engine_mesh is not None:
+        shapes = local_shapes(RULES, SHAPES, tp_rank, 2)
+        if corrupt_engine_shape and rank == 5:
+            shapes["down"] = (6, 3)
+        engine_params = {name: torch.zeros(shape) for name, shape in shapes.items()}
     live = dict(engine_params or {})
     refit = Refit(
         RULES,
@@ -216,14 +222,11 @@ def _vllm_expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]
 
 def _llama_refit_job() -> bool:
     rank = dist.get_rank()
-    trainer_mesh = DeviceMesh(
-        "cpu", torch.tensor(TRAINER).reshape(2, 2), mesh_dim_names=("dp", "tp")
-    )
-    engine_meshes = [DeviceMesh("cpu", torch.tensor(e)) for e in ENGINES]
+    trainer_mesh, engine_mesh, tp_rank = _meshes()
     generator = torch.Generator().manual_seed(7)
     values = {n: torch.randn(s, generator=generator) for n, s in LLAMA_SHAPES.items()}
     rules = llama_to_vllm(LLAMA)
-    trainer_state, engine_params, engine_mesh, tp_rank = None, None, None, 0
+    trainer_state, engine_params = None, None
     if rank in TRAINER:
         trainer_state = {
             n: distribute_tensor(
@@ -234,11 +237,9 @@ def _llama_refit_job() -> bool:
             )
             for n in LLAMA_SHAPES
         }
-    for engine, mesh in zip(ENGINES, engine_meshes, strict=True):
-        if rank in engine:
-            engine_mesh, tp_rank = mesh, engine.index(rank)
-            shapes = local_shapes(rules, LLAMA_SHAPES, tp_rank, len(engine))
-            engine_params = {n: torch.full(s, PADDING) for n, s in shapes.items()}
+    if engine_mesh is not None:
+        shapes = local_shapes(rules, LLAMA_SHAPES, tp_rank, 2)
+        engine_params = {n: torch.full(s, PADDING) for n, s in shapes.items()}
     refit = Refit(
         rules,
         trainer_state=trainer_state,
