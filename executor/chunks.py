@@ -24,7 +24,9 @@ def _slices(outer: Box, inner: Box) -> tuple[slice, ...]:
 
 class LocalTensors:
     """This rank's tensors during one run: the caller's source shards, the destination tensors
-    (the caller's `out` or allocated), and the relay buffers alive at this point."""
+    (the caller's `out` or allocated), and the relay buffers alive at this point. `dtypes` are
+    the wire's (the destination's): a source of another dtype is converted as it is packed,
+    chunk by chunk, never as a whole."""
 
     def __init__(
         self,
@@ -79,7 +81,7 @@ class LocalTensors:
         if len(segments) != 1 or segments[0].box != whole.box:
             return None
         local = self.view(segments[0].kind, segments[0].ref, whole.box)
-        if not local.is_contiguous():
+        if not local.is_contiguous() or local.dtype != self.dtypes[whole.tensor]:
             return None
         return local.reshape(-1).view(torch.uint8)[lo - whole.offset : hi - whole.offset]
 

@@ -189,7 +189,11 @@ class Executor:
                 group = dist.new_group(list(members), timeout=timeout)
                 if self.rank in members:
                     self._groups[members] = group
-        self._dtypes = [TORCH_DTYPES[t.dtype] for t in request.tensors]
+        #: per side, every tensor's torch dtype (the destination's travels: senders convert)
+        self._dtypes = {
+            "src": [TORCH_DTYPES[t.dtype] for t in request.tensors],
+            "dst": [TORCH_DTYPES[t.wire_dtype] for t in request.tensors],
+        }
         #: per side, the local data of every tensor this rank holds or receives
         self._holdings = {
             side: {
@@ -239,7 +243,7 @@ class Executor:
     def _expected(self, side: str) -> dict[str, Expected]:
         """Per tensor this rank holds (`side="src"`) or receives: its local data's form."""
         return {
-            self._name(i): Expected(h.shapes, self._dtypes[i], h.listed)
+            self._name(i): Expected(h.shapes, self._dtypes[side][i], h.listed)
             for i, h in self._holdings[side].items()
         }
 
@@ -329,7 +333,7 @@ class Executor:
         program = self.program
         sources = region_views(program.sources, source_shards, self._name)
         targets = region_views(program.destinations, destinations, self._name)
-        tensors = LocalTensors(program, self._dtypes, sources, targets, self.device)
+        tensors = LocalTensors(program, self._dtypes["dst"], sources, targets, self.device)
         start, timings = time.perf_counter(), []
         tensors.local_copies()
         for step in program.steps:

@@ -24,7 +24,7 @@ from meshcast.executor.local_data import LocalData, as_local_data, region_view
 from meshcast.executor.local_world import LocalWorld
 from meshcast.executor.memory import PeakMemory
 from meshcast.executor.program import Region
-from meshcast.executor.reference import reference_box, same_bytes
+from meshcast.executor.reference import reference_box, same_bytes, same_converted
 from meshcast.executor.transport import CHUNK_BYTES
 from meshcast.planner.boxes import volume
 from meshcast.planner.holdings import Holding
@@ -99,9 +99,10 @@ def strided_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def reference_local(spec: TensorSpec, holding: Holding) -> list[torch.Tensor]:
-    """A rank's local tensors of the reference tensor `spec` as `holding` lays them out."""
-    dtype = TORCH_DTYPES[spec.dtype]
+def reference_local(spec: TensorSpec, holding: Holding, dtype_name: str) -> list[torch.Tensor]:
+    """A rank's local tensors of the reference tensor `spec` as `holding` lays them out,
+    converted to `dtype_name` (the destination's, for a destination)."""
+    dtype = TORCH_DTYPES[dtype_name]
     tensors = [torch.empty(shape, dtype=dtype) for shape in holding.shapes]
     for box, (k, offset) in zip(holding.boxes, holding.places, strict=True):
         view = region_view(tensors, Region(0, box, k, offset))
@@ -116,7 +117,7 @@ def reference_sources(request: Request, strided: bool = False) -> dict[str, Loca
     for i, spec in enumerate(request.tensors):
         holding = problem.holdings(i, "src").get(rank)
         if holding is not None:
-            tensors = reference_local(spec, holding)
+            tensors = reference_local(spec, holding, spec.dtype)
             made[spec.name] = as_local_data(
                 [strided_copy(t) for t in tensors] if strided else tensors, holding.listed
             )
@@ -131,7 +132,7 @@ def destination_tensors(request: Request, strided: bool = False) -> dict[str, Lo
     for i, spec in enumerate(request.tensors):
         holding = problem.holdings(i, "dst").get(rank)
         if holding is not None:
-            dtype = TORCH_DTYPES[spec.dtype]
+            dtype = TORCH_DTYPES[spec.wire_dtype]
             tensors = [
                 (strided_empty(s, dtype) if strided else torch.empty(s, dtype=dtype)).zero_()
                 for s in holding.shapes
@@ -149,10 +150,11 @@ def verify_received(request: Request, received: Mapping[str, LocalData]) -> list
         if holding is None:
             continue
         got = received.get(spec.name)
-        expected = reference_local(spec, holding)
+        expected = reference_local(spec, holding, spec.wire_dtype)
         tensors = [got] if isinstance(got, torch.Tensor) else list(got or ())
+        same = same_converted if spec.dst_dtype is not None else same_bytes
         if len(tensors) != len(expected) or not all(
-            same_bytes(a, b) for a, b in zip(tensors, expected, strict=True)
+            same(a, b) for a, b in zip(tensors, expected, strict=True)
         ):
             boxes = [[list(b) for b in box] for box in holding.boxes]
             mismatches.append({"rank": rank, "tensor": spec.name, "boxes": boxes})

@@ -77,3 +77,17 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     as_bytes = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
     return bool(torch.equal(*as_bytes))
+
+
+def same_converted(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-exact equality of two conversions of the same values to a float dtype, NaNs aside:
+    torch's conversion kernels keep or drop a NaN's payload depending on the memory layout
+    (a contiguous fp32 to bf16 copy gives 0xFFFF where a strided one gives 0x7FC0), so a NaN
+    only has to be a NaN at both ends."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = (t.detach().cpu().contiguous().reshape(-1) for t in (a, b))
+    nan = torch.isnan(a)
+    if not torch.equal(nan, torch.isnan(b)):
+        return False
+    return same_bytes(a[~nan], b[~nan])

@@ -38,6 +38,9 @@ from meshcast.executor.dtensor import (
 )
 from meshcast.executor.dtypes import DTYPE_NAMES
 from meshcast.executor.executor import STAGING_BYTES, Executor
+from meshcast.executor.refit_verify import RefitChecksums
+from meshcast.planner import build_problem
+from meshcast.planner.dtypes import FLOAT_DTYPES
 from meshcast.planner.holdings import Holding, holding_of
 from meshcast.planner.refit_map import Rule, check_engine_shapes, refit_blocks
 from meshcast.planner.request import Layout, MeshSpec, Request, parse_placement, parse_request
@@ -52,7 +55,8 @@ class _Described:
     #: trainer: name -> (shape, dtype, its mesh, its placements)
     tensors: dict[str, tuple[tuple[int, ...], str, dict[str, Any], tuple[str, ...]]] | None
     #: engine: its engine's ranks in tensor-parallel order, and its parameters' local shapes
-    engine: tuple[tuple[int, ...], dict[str, tuple[int, ...]]] | None
+    #: and dtypes
+    engine: tuple[tuple[int, ...], dict[str, tuple[tuple[int, ...], str]]] | None
     #: what is wrong with this rank's arguments
     problem: str | None = None
 
@@ -93,7 +97,12 @@ def _describe(
             for name, t in engine_params.items():
                 if not isinstance(t, torch.Tensor) or isinstance(t, DTensor):
                     raise ValueError(f"engine_params[{name!r}]: expected a local torch.Tensor")
-            engine = (devices, {name: tuple(t.shape) for name, t in engine_params.items()})
+                if t.dtype not in DTYPE_NAMES:
+                    raise ValueError(f"engine_params[{name!r}]: dtype {t.dtype} is not supported")
+            engine = (
+                devices,
+                {name: (tuple(t.shape), DTYPE_NAMES[t.dtype]) for name, t in engine_params.items()},
+            )
         return _Described(rank, tensors, engine)
     except ValueError as err:
         return _Described(rank, None, None, str(err))
@@ -137,9 +146,19 @@ def refit_request(
     if any(len(e) != num_ranks for e in engines):
         raise ValueError(f"engine_mesh: engines of different sizes {[len(e) for e in engines]}")
     shapes = {name: spec[0] for name, spec in first.items()}
+    engine_dtypes: dict[str, str] = {}
     for d in everyone:
         if d.engine is not None:
-            check_engine_shapes(rules, shapes, d.engine[1], d.engine[0].index(d.rank), num_ranks)
+            params = d.engine[1]
+            local = {name: shape for name, (shape, _) in params.items()}
+            check_engine_shapes(rules, shapes, local, d.engine[0].index(d.rank), num_ranks)
+            for name, (_, dtype) in params.items():
+                if engine_dtypes.setdefault(name, dtype) != dtype:
+                    raise ValueError(
+                        f"{name}: {engine_dtypes[name]} on some engine ranks, {dtype} on "
+                        f"rank {d.rank}"
+                    )
+    destination_dtypes = _destination_dtypes(rules, first, engine_dtypes)
     blocks = refit_blocks(rules, shapes, num_ranks, len(engines))
     meshes: dict[str, dict[str, Any]] = {
         "engines": {"shape": [len(engines), num_ranks], "devices": [r for e in engines for r in e]}
@@ -169,6 +188,7 @@ def refit_request(
                     "blocks": [
                         [[list(iv) for iv in box] for box in boxes] for boxes in blocks[name]
                     ],
+                    "dtype": destination_dtypes[name],
                 },
             }
         )
@@ -179,6 +199,30 @@ def refit_request(
         "options": {"algorithm": algorithm, "time_limit_s": time_limit_s},
     }
     return parse_request(raw), tuple(engines)
+
+
+def _destination_dtypes(
+    rules: Mapping[str, Rule],
+    trainer: Mapping[str, tuple[tuple[int, ...], str, Any, Any]],
+    engine_dtypes: Mapping[str, str],
+) -> dict[str, str]:
+    """Per trainer tensor, the dtype of the engine parameters it lands in: the sender converts
+    (fp32 trainer weights into a bf16 engine); only a float goes into another float."""
+    out: dict[str, str] = {}
+    for engine_name, rule in rules.items():
+        dtype = engine_dtypes[engine_name]
+        for name in rule.sources:
+            source = trainer[name][1]
+            if dtype != source and not (source in FLOAT_DTYPES and dtype in FLOAT_DTYPES):
+                raise ValueError(
+                    f"{engine_name}: the engine's {dtype} parameter cannot hold the trainer's "
+                    f"{source} {name!r} (only a float converts to another float)"
+                )
+            if out.setdefault(name, dtype) != dtype:
+                raise ValueError(
+                    f"{name}: lands in engine parameters of two dtypes ({out[name]}, {dtype})"
+                )
+    return out
 
 
 def _holding(
@@ -243,6 +287,11 @@ class Refit:
             self.plan, self.request, staging_bytes=staging_bytes, timeout=timeout
         )
         self._out = self._engine_views(engines) if engine_params is not None else {}
+        self.members = sorted(
+            d.rank for d in everyone if d.tensors is not None or d.engine is not None
+        )
+        self._members_group = dist.new_group(self.members, timeout=timeout)  # collective
+        self._checksums: RefitChecksums | None = None
         #: the engine's parameters hold the trainer's values of the last `sync`
         self.current = False
         self.num_syncs = 0
@@ -263,9 +312,18 @@ class Refit:
                 views += [param.narrow(local.dim, at, length) for at, length, _ in places]
         return out
 
-    def sync(self) -> None:
-        """Move the trainer's current values into the engine's parameters (a collective)."""
+    def sync(self, verify: bool = False) -> None:
+        """Move the trainer's current values into the engine's parameters (a collective of
+        the trainer and engine ranks). With `verify` on any of them, every engine box is then
+        checked against the trainer's values (`refit_verify`): a mismatch is a
+        `RefitMismatchError` on every rank, naming the tensor, the engine rank and the box."""
         self.current = False
+        if dist.get_rank() in self.members:  # ranks in neither role take no part
+            self._sync(verify)
+        self.current = True
+        self.num_syncs += 1
+
+    def _sync(self, verify: bool) -> None:
         sources: dict[str, Any] = {}
         if self.trainer_state is not None:
             rank = dist.get_rank()
@@ -275,9 +333,19 @@ class Refit:
                     _block_views(t, rank) if spec.src.blocks is not None else t.to_local()
                 )
         self._executor.run(sources, self._out)
-        self.current = True
-        self.num_syncs += 1
+        # every rank finished its part; and whether any asked for a check
+        wanted = torch.tensor([int(verify)], device=self._executor.device)
+        dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=self._members_group)
+        if int(wanted.item()):
+            self._verify(sources)
+
+    def _verify(self, sources: Mapping[str, Any]) -> None:
+        if self._checksums is None:  # worked out once, on the first verified sync
+            self._checksums = RefitChecksums(build_problem(self.request), dist.get_rank())
+        checks = self._checksums
+        checks.compare(checks.expected(sources), checks.measured(self._out), self._members_group)
 
     def close(self) -> None:
         """Release the executor's process groups (a collective)."""
         self._executor.close()
+        dist.destroy_process_group(self._members_group)

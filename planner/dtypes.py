@@ -14,3 +14,13 @@ ITEMSIZE_BYTES: dict[str, int] = {
     "int64": 8,
     "float64": 8,
 }
+
+#: the dtypes a destination may convert between (DESIGN §1, destination dtype)
+FLOAT_DTYPES: tuple[str, ...] = (
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+)

@@ -15,12 +15,22 @@ vLLM's layout, as its source defines it (vllm-project/vllm):
   `ParallelLMHead` pad the vocabulary to a multiple of `DEFAULT_VOCAB_PADDING_SIZE` (64) and
   give each rank `padded / tp` rows; rows past the real vocabulary are padding.
 - Norms are replicated on every rank.
+- `vllm/model_executor/layers/fused_moe/layer.py` `FusedMoE`: `w13_weight` is
+  `[local experts, 2 * I / tp, H]`, `_load_w13` putting the rank's chunk of the gate (w1) rows
+  first and of the up (w3) rows second; `w2_weight` is `[local experts, H, I / tp]`, `_load_w2`
+  narrowing the input dim. Under expert parallelism `determine_expert_map` ("linear") gives
+  EP rank `r` the experts `[r * base + min(r, rem), ...)`, `base + 1` of them for `r < rem`
+  (`base, rem = divmod(E, ep)`), whole. The router (`gate`) is a `ReplicatedLinear`.
+  transformers (5.x) keeps the experts stacked: `mlp.experts.gate_up_proj` `[E, 2 * I, H]`
+  (gate rows first: its forward `chunk(2)`s the product) and `mlp.experts.down_proj`
+  `[E, H, I]`, the same order as `w13` and `w2`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meshcast.planner.refit_map import Concat, LocalParam, Part, Rule, Shape
 
@@ -102,6 +112,67 @@ class VocabParallel:
         return LocalParam((Part(self.source, box),), 0, size=per_rank)
 
 
+def expert_range(num_experts: int, ep: int, ep_rank: int) -> tuple[int, int]:
+    """vLLM's "linear" expert placement: EP rank `ep_rank`'s experts `[lo, hi)`."""
+    base, rem = divmod(num_experts, ep)
+    lo = ep_rank * base + min(ep_rank, rem)
+    return lo, lo + base + (ep_rank < rem)
+
+
+@dataclass(frozen=True)
+class VllmExperts:
+    """vLLM's `w13_weight` (`down=False`) or `w2_weight` from transformers' stacked experts.
+    The engine's ranks form `ep` expert-parallel groups of `num_ranks / ep` ranks (rank
+    `r` is EP rank `r // (num_ranks / ep)`, expert-TP rank `r % (num_ranks / ep)`): `ep = 1`
+    is vLLM's tensor-parallel MoE, `ep = num_ranks` its `enable_expert_parallel`."""
+
+    source: str
+    num_experts: int
+    ep: int = 1
+    down: bool = False
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,)
+
+    def local(self, shapes: Mapping[str, Shape], rank: int, num_ranks: int) -> LocalParam:
+        shape = shapes[self.source]
+        if len(shape) != 3 or shape[0] != self.num_experts:
+            raise ValueError(
+                f"{self.source}: expected stacked experts [{self.num_experts}, rows, cols], "
+                f"got {list(shape)}"
+            )
+        if num_ranks % self.ep:
+            raise ValueError(
+                f"{self.source}: {num_ranks} engine ranks do not form {self.ep} "
+                "expert-parallel groups"
+            )
+        tp = num_ranks // self.ep
+        experts = expert_range(self.num_experts, self.ep, rank // tp)
+        tp_rank = rank % tp
+        if self.down:  # [E, H, I]: the rank's chunk of the input dim
+            if shape[2] % tp:
+                raise ValueError(
+                    f"{self.source}: intermediate size {shape[2]} does not split over {tp}"
+                )
+            size = shape[2] // tp
+            box = (experts, (0, shape[1]), (tp_rank * size, (tp_rank + 1) * size))
+            return LocalParam((Part(self.source, box),), 2)
+        if shape[1] % (2 * tp):  # [E, 2I, H]: the rank's gate rows, then its up rows
+            raise ValueError(
+                f"{self.source}: gate and up rows {shape[1]} do not split over {tp} ranks"
+            )
+        half, size = shape[1] // 2, shape[1] // (2 * tp)
+        parts = tuple(
+            Part(
+                self.source,
+                (experts, (at + tp_rank * size, at + (tp_rank + 1) * size), (0, shape[2])),
+            )
+            for at in (0, half)
+        )
+        return LocalParam(parts, 1)
+
+
 @dataclass(frozen=True)
 class LlamaShape:
     """What a Llama-family preset needs of the model's config."""
@@ -112,12 +183,36 @@ class LlamaShape:
     head_dim: int
     #: the LM head is its own tensor (not tied to the embedding)
     lm_head: bool = True
+    #: per-head `q_norm` / `k_norm` in attention (Qwen3, Qwen3-MoE)
+    qk_norm: bool = False
+    #: experts per MoE layer (Qwen3-MoE, Mixtral: every layer sparse); 0: a dense model
+    num_experts: int = 0
 
 
-def llama_to_vllm(config: LlamaShape) -> dict[str, Rule]:
+def shape_of(config: Any) -> LlamaShape:
+    """A `LlamaShape` from a transformers config (`LlamaConfig`, `Qwen2Config`, `Qwen3Config`,
+    `Qwen3MoeConfig`, `MixtralConfig`), read by attribute."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return LlamaShape(
+        num_layers=config.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        lm_head=not getattr(config, "tie_word_embeddings", False),
+        qk_norm=config.model_type in ("qwen3", "qwen3_moe"),
+        num_experts=getattr(config, "num_experts", None)
+        or getattr(config, "num_local_experts", None)
+        or 0,
+    )
+
+
+def llama_to_vllm(config: LlamaShape, ep: int = 1) -> dict[str, Rule]:
     """Engine parameter -> rule for a transformers Llama (also Qwen2 / Qwen3 dense, which share
     these names; Qwen3's per-head `q_norm` / `k_norm` are replicated like the other norms) into
-    vLLM's layout."""
+    vLLM's layout. With `config.num_experts`, every layer's MLP is a mixture of experts as
+    Qwen3-MoE and Mixtral name it (`mlp.gate`, `mlp.experts.*`), its experts over `ep`
+    expert-parallel groups (`VllmExperts`)."""
     rules: dict[str, Rule] = {
         "model.embed_tokens.weight": VocabParallel("model.embed_tokens.weight"),
         "model.norm.weight": Concat(("model.norm.weight",), shard_dim=None),
@@ -134,10 +229,21 @@ def llama_to_vllm(config: LlamaShape) -> dict[str, Rule]:
             config.head_dim,
         )
         rules[f"{attn}.o_proj.weight"] = Concat((f"{attn}.o_proj.weight",), dim=1, shard_dim=1)
-        rules[f"{mlp}.gate_up_proj.weight"] = Concat(
-            (f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight"), dim=0, shard_dim=0
-        )
-        rules[f"{mlp}.down_proj.weight"] = Concat((f"{mlp}.down_proj.weight",), dim=1, shard_dim=1)
+        if config.qk_norm:
+            for norm in ("q_norm", "k_norm"):
+                rules[f"{attn}.{norm}.weight"] = Concat((f"{attn}.{norm}.weight",), shard_dim=None)
+        if config.num_experts:
+            experts, count = f"{mlp}.experts", config.num_experts
+            rules[f"{mlp}.gate.weight"] = Concat((f"{mlp}.gate.weight",), shard_dim=None)
+            rules[f"{experts}.w13_weight"] = VllmExperts(f"{experts}.gate_up_proj", count, ep)
+            rules[f"{experts}.w2_weight"] = VllmExperts(f"{experts}.down_proj", count, ep, True)
+        else:
+            rules[f"{mlp}.gate_up_proj.weight"] = Concat(
+                (f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight"), dim=0, shard_dim=0
+            )
+            rules[f"{mlp}.down_proj.weight"] = Concat(
+                (f"{mlp}.down_proj.weight",), dim=1, shard_dim=1
+            )
         for norm in ("input_layernorm", "post_attention_layernorm"):
             rules[f"{layer}.{norm}.weight"] = Concat((f"{layer}.{norm}.weight",), shard_dim=None)
     if config.lm_head:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meshcast.planner.boxes import covers, grid_cuts
 from meshcast.planner.bulk import collection_paused
-from meshcast.planner.dtypes import ITEMSIZE_BYTES
+from meshcast.planner.dtypes import FLOAT_DTYPES, ITEMSIZE_BYTES
 from meshcast.planner.errors import RequestError
 from meshcast.planner.mesh import Box, Placement, Strided
 
@@ -59,6 +59,7 @@ class _Model(BaseModel):
 
 class _Layout(_Model):
     mesh: str
+    dtype: str | None = None
     placements: list[str] | None = None
     blocks: list[list[list[list[Annotated[int, Field(strict=True, ge=0, le=MAX_DIM)]]]]] | None = (
         None
@@ -120,10 +121,18 @@ class TensorSpec:
     dtype: str
     src: Layout
     dst: Layout
+    #: the destination's own dtype (a refit into a narrower float), None: the same as `dtype`
+    dst_dtype: str | None = None
+
+    @property
+    def wire_dtype(self) -> str:
+        """The dtype that travels and lands: the destination's (the sender converts)."""
+        return self.dst_dtype or self.dtype
 
     @property
     def itemsize_bytes(self) -> int:
-        return ITEMSIZE_BYTES[self.dtype]
+        """Bytes per element on the wire and at the destination (plans, bounds, messages)."""
+        return ITEMSIZE_BYTES[self.wire_dtype]
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,7 @@ class Request:
                     "shape": list(t.shape),
                     "dtype": t.dtype,
                     "src": _layout_json(t.src),
-                    "dst": _layout_json(t.dst),
+                    "dst": _layout_json(t.dst, t.dst_dtype),
                 }
                 for t in self.tensors
             ],
@@ -231,13 +240,15 @@ def placement_text(p: Placement) -> str:
     return f"S({p})"
 
 
-def _layout_json(layout: Layout) -> dict[str, Any]:
+def _layout_json(layout: Layout, dtype: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"mesh": layout.mesh}
     if layout.blocks is not None:
-        return {
-            "mesh": layout.mesh,
-            "blocks": [[[list(iv) for iv in box] for box in boxes] for boxes in layout.blocks],
-        }
-    return {"mesh": layout.mesh, "placements": [placement_text(p) for p in layout.placements]}
+        out["blocks"] = [[[list(iv) for iv in box] for box in boxes] for boxes in layout.blocks]
+    else:
+        out["placements"] = [placement_text(p) for p in layout.placements]
+    if dtype is not None:  # only when it differs: requests without one keep their ids
+        out["dtype"] = dtype
+    return out
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -307,13 +318,37 @@ def _check_tensor(
     nbytes = math.prod(shape) * ITEMSIZE_BYTES[t.dtype]
     if nbytes > MAX_TENSOR_BYTES:
         raise RequestError(f"{where}.shape", f"{list(shape)} is {nbytes} bytes, over 1 PiB")
+    if t.src.dtype is not None:
+        raise RequestError(
+            f"{where}.src.dtype", f"the source's dtype is the tensor's ({t.dtype!r}): remove it"
+        )
     return TensorSpec(
         t.name,
         shape,
         t.dtype,
         _known_layout(f"{where}.src", t.src, shape, meshes, layouts),
         _known_layout(f"{where}.dst", t.dst, shape, meshes, layouts),
+        _destination_dtype(where, t),
     )
+
+
+def _destination_dtype(where: str, t: _Tensor) -> str | None:
+    """The destination's own dtype, when it names one that differs: a float into a float."""
+    dtype = t.dst.dtype
+    if dtype is None or dtype == t.dtype:
+        return None
+    if dtype not in ITEMSIZE_BYTES:
+        raise RequestError(
+            f"{where}.dst.dtype",
+            f"unknown dtype {dtype!r} (one of {', '.join(ITEMSIZE_BYTES)})",
+        )
+    if t.dtype not in FLOAT_DTYPES or dtype not in FLOAT_DTYPES:
+        raise RequestError(
+            f"{where}.dst.dtype",
+            f"{dtype!r} from a {t.dtype!r} source: only a float converts to another float "
+            f"({', '.join(FLOAT_DTYPES)})",
+        )
+    return dtype
 
 
 def _known_layout(

@@ -62,7 +62,7 @@ def stack_identical(request: Request) -> Stacking | None:
     """The request with identical tensors stacked, or None when no two tensors are alike."""
     classes: dict[tuple[object, ...], list[int]] = {}
     for i, t in enumerate(request.tensors):
-        classes.setdefault((t.shape, t.dtype, t.src, t.dst), []).append(i)
+        classes.setdefault((t.shape, t.dtype, t.dst_dtype, t.src, t.dst), []).append(i)
     if len(classes) == len(request.tensors):
         return None
     tensors: list[TensorSpec] = []
@@ -78,6 +78,7 @@ def stack_identical(request: Request) -> Stacking | None:
                 first.dtype,
                 _shifted(first.src, len(members)),
                 _shifted(first.dst, len(members)),
+                first.dst_dtype,
             )
         )
     stacked = replace(request, tensors=tuple(tensors))

@@ -432,3 +432,41 @@ def test_relays_too_large_for_the_staging_budget_are_folded_bit_exact(
     assert report.predicted_s == folded_plan(problem, plan).plan.makespan_s
     assert all(m["peak_relay_bytes"] == 0 for m in report.memory)
     assert all(m["staging_bytes"] <= 1 << 15 for m in report.memory)
+
+
+def _converting(request: dict[str, Any], dtypes: dict[str, str]) -> dict[str, Any]:
+    converted = copy.deepcopy(request)
+    for tensor in converted["tensors"]:
+        if tensor["name"] in dtypes:
+            tensor["dst"]["dtype"] = dtypes[tensor["name"]]
+    return converted
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_senders_convert_to_the_destination_dtype_bit_exact(
+    world: LocalWorld, mode: str, strided: bool
+) -> None:
+    # fp32 narrowed and bf16 widened, with local copies (overlapping meshes) and relays
+    overlapping = _converting(BASE, {"act": "bfloat16", "w": "float32"})
+    overlapping["meshes"]["b"]["devices"] = [2, 3, 4, 5]
+    relayed = _converting(RELAY_REQUEST, {"x": "float16"})
+    for request in (overlapping, relayed):
+        parsed = parse_request(request)
+        plan = make_plan(build_problem(parsed), "greedy", SolveOptions())
+        settings = RunSettings(mode=mode, chunk_bytes=1000, use_out=True, strided=strided)  # type: ignore[arg-type]
+        report = run_plan(world, parsed, plan, settings)
+        assert report.verified, report.mismatches
+
+
+def test_a_narrower_destination_halves_the_planned_bytes() -> None:
+    same = parse_request(RELAY_REQUEST)
+    narrower = parse_request(_converting(RELAY_REQUEST, {"x": "bfloat16"}))
+    assert narrower.request_id != same.request_id
+    planned = [make_plan(build_problem(r), "greedy", SolveOptions()) for r in (same, narrower)]
+    moved = [
+        sum(build_problem(r).piece_bytes(p) for t in plan.transfers for p in t.pieces)
+        for r, plan in zip((same, narrower), planned, strict=True)
+    ]
+    assert moved[1] * 2 == moved[0]
+    assert planned[1].lower_bound_s < 0.6 * planned[0].lower_bound_s

@@ -15,6 +15,7 @@ from torch.distributed.tensor.placement_types import _StridedShard  # noqa: E402
 
 from meshcast.executor.local_world import LocalWorld, RankFailure  # noqa: E402
 from meshcast.executor.refit import Refit  # noqa: E402
+from meshcast.executor.refit_verify import RefitMismatchError  # noqa: E402
 from meshcast.planner.refit_map import Concat, Rule, local_shapes  # noqa: E402
 from meshcast.planner.refit_presets import LlamaShape, llama_to_vllm  # noqa: E402
 
@@ -220,7 +221,9 @@ def _vllm_expected(values: dict[str, Any], rank: int, tp: int) -> dict[str, Any]
     }
 
 
-def _llama_refit_job() -> bool:
+def _llama_refit_job(engine_dtype: str = "float32", corrupt: bool = False) -> dict[str, Any]:
+    """Refit the Llama into vLLM's layout (in `engine_dtype`), verified; with `corrupt`, a
+    second sync whose landed bytes are damaged on engine rank 5."""
     rank = dist.get_rank()
     trainer_mesh, engine_mesh, tp_rank = _meshes()
     generator = torch.Generator().manual_seed(7)
@@ -239,7 +242,8 @@ def _llama_refit_job() -> bool:
         }
     if engine_mesh is not None:
         shapes = local_shapes(rules, LLAMA_SHAPES, tp_rank, 2)
-        engine_params = {n: torch.full(s, PADDING) for n, s in shapes.items()}
+        dtype = getattr(torch, engine_dtype)
+        engine_params = {n: torch.full(s, PADDING, dtype=dtype) for n, s in shapes.items()}
     refit = Refit(
         rules,
         trainer_state=trainer_state,
@@ -247,17 +251,54 @@ def _llama_refit_job() -> bool:
         engine_mesh=engine_mesh,
         cluster=CLUSTER,
     )
-    refit.sync()
+    refit.sync(verify=True)
+    out: dict[str, Any] = {"current": refit.current, "exact": True}
+    if engine_params is not None:
+        expected = _vllm_expected(values, tp_rank, 2)
+        out["exact"] = all(
+            torch.equal(engine_params[n], expected[n].to(engine_params[n].dtype)) for n in expected
+        )
+    wire = {t.itemsize_bytes for t in refit.request.tensors}
+    out["wire_itemsize"] = wire.pop() if len(wire) == 1 else wire
+    if corrupt:
+        if rank == 5:  # one element of one engine tensor damaged after it landed
+            run = refit._executor.run
+
+            def damaged(*args: Any, **kwargs: Any) -> Any:
+                landed = run(*args, **kwargs)
+                landed["model.layers.0.mlp.down_proj.weight"][0][3, 2] += 1
+                return landed
+
+            refit._executor.run = damaged  # type: ignore[method-assign]
+        try:
+            refit.sync(verify=True)
+        except RefitMismatchError as err:
+            out["error"] = str(err)
+        out["current_after"] = refit.current
     refit.close()
-    if engine_params is None:
-        return refit.current
-    expected = _vllm_expected(values, tp_rank, 2)
-    return refit.current and all(torch.equal(engine_params[n], expected[n]) for n in expected)
+    return out
 
 
 @pytest.mark.slow
 def test_a_llama_state_dict_refits_into_vllms_layout(world: LocalWorld) -> None:
-    assert all(world.run(_llama_refit_job))
+    answers = world.run(_llama_refit_job)
+    assert all(a["current"] and a["exact"] for a in answers)
+
+
+@pytest.mark.slow
+def test_fp32_weights_refit_into_a_bf16_engine_verified_and_a_damaged_box_is_caught(
+    world: LocalWorld,
+) -> None:
+    answers = world.run(_llama_refit_job, "bfloat16", True)
+    members = answers[: len(TRAINER) + sum(map(len, ENGINES))]
+    # converted by the senders: bf16 on the wire, each value torch's own rounding of fp32
+    assert all(a["current"] and a["exact"] and a["wire_itemsize"] == 2 for a in members)
+    for a in members:  # every trainer and engine rank names the same tensor, rank and box
+        assert (
+            "verify: model.layers.0.mlp.down_proj.weight [[0, 16], [12, 24]] on engine rank 5"
+            in a["error"]
+        ), a
+        assert a["current_after"] is False
 
 
 @pytest.mark.slow

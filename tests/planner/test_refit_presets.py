@@ -8,10 +8,12 @@ import pytest
 from meshcast.planner.refit_map import LocalParam, check_mapping, local_shapes, refit_blocks
 from meshcast.planner.refit_presets import (
     LlamaShape,
+    VllmExperts,
     VllmQKV,
     VocabParallel,
     identity,
     llama_to_vllm,
+    shape_of,
 )
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN = 8, 2, 4, 16
@@ -137,3 +139,88 @@ def test_identity_shards_as_torch_chunk_does() -> None:
         assert np.array_equal(
             _assembled(rules["norm"].local(shapes, rank, 3), values), values["norm"]
         )
+
+
+EXPERTS, INTER = 5, 6
+
+
+def _vllm_w13(gate_up: np.ndarray, rank: int, tp: int, ep: int) -> np.ndarray:
+    """vLLM's `w13_weight` of a rank, as `determine_expert_map` and `_load_w13` fill it: per
+    local expert, the rank's chunk of the gate rows, then of the up rows."""
+    moe_tp = tp // ep
+    lo, hi = _linear_experts(rank // moe_tp, ep)
+    size, r = INTER // moe_tp, rank % moe_tp
+    return np.stack(
+        [
+            np.concatenate(
+                [e[r * size : (r + 1) * size], e[INTER + r * size : INTER + (r + 1) * size]]
+            )
+            for e in gate_up[lo:hi]
+        ]
+    )
+
+
+def _linear_experts(ep_rank: int, ep: int) -> tuple[int, int]:
+    counts = [EXPERTS // ep + (r < EXPERTS % ep) for r in range(ep)]
+    return sum(counts[:ep_rank]), sum(counts[: ep_rank + 1])
+
+
+@pytest.mark.parametrize(("tp", "ep"), [(1, 1), (2, 1), (2, 2), (3, 3), (4, 2), (6, 3)])
+def test_vllm_experts_are_vllms_w13_and_w2_under_tp_and_ep(tp: int, ep: int) -> None:
+    rng = np.random.default_rng(tp * 10 + ep)
+    values = {
+        "gate_up": rng.standard_normal((EXPERTS, 2 * INTER, HIDDEN)),
+        "down": rng.standard_normal((EXPERTS, HIDDEN, INTER)),
+    }
+    shapes = {n: v.shape for n, v in values.items()}
+    w13, w2 = VllmExperts("gate_up", EXPERTS, ep), VllmExperts("down", EXPERTS, ep, down=True)
+    moe_tp = tp // ep
+    for rank in range(tp):
+        lo, hi = _linear_experts(rank // moe_tp, ep)
+        size, r = INTER // moe_tp, rank % moe_tp
+        assert np.array_equal(
+            _assembled(w13.local(shapes, rank, tp), values),
+            _vllm_w13(values["gate_up"], rank, tp, ep),
+        )
+        assert np.array_equal(
+            _assembled(w2.local(shapes, rank, tp), values),
+            values["down"][lo:hi, :, r * size : (r + 1) * size],
+        )
+    # every expert row lands somewhere: the ranks' boxes cover both tensors
+    blocks = refit_blocks({"w13": w13, "w2": w2}, shapes, tp)
+    for name in shapes:
+        cells = sum(
+            int(np.prod([hi - lo for lo, hi in box])) for boxes in blocks[name] for box in boxes
+        )
+        assert cells == values[name].size * 1  # no replication of experts within one engine
+
+
+def test_vllm_experts_refuse_what_does_not_split() -> None:
+    shapes = {"gate_up": (EXPERTS, 2 * INTER, HIDDEN), "down": (EXPERTS, HIDDEN, INTER)}
+    with pytest.raises(ValueError, match=r"^gate_up: 4 engine ranks do not form 3 expert-parallel"):
+        VllmExperts("gate_up", EXPERTS, 3).local(shapes, 0, 4)
+    with pytest.raises(ValueError, match=r"^down: intermediate size 6 does not split over 4"):
+        VllmExperts("down", EXPERTS, 1, down=True).local(shapes, 0, 4)
+    with pytest.raises(ValueError, match=r"^gate_up: expected stacked experts \[4, rows, cols\]"):
+        VllmExperts("gate_up", 4).local(shapes, 0, 1)
+
+
+def test_shape_of_reads_transformers_configs() -> None:
+    transformers = pytest.importorskip("transformers")
+    dense = transformers.Qwen3Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_hidden_layers=3,
+        tie_word_embeddings=True,
+    )
+    assert shape_of(dense) == LlamaShape(3, 4, 2, 16, lm_head=False, qk_norm=True)
+    moe = transformers.MixtralConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        num_local_experts=6,
+    )
+    assert shape_of(moe) == LlamaShape(2, 8, 2, 8, num_experts=6)

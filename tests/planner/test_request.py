@@ -149,6 +149,10 @@ INVALID = [
         "tensors[0].src.placements",
         "over the limit of 1,048,576",
     ),
+    # destination dtypes: a float converts to a float, nothing else; the source has none
+    ("tensors.0.dst.dtype", "float31", "tensors[0].dst.dtype", "unknown dtype 'float31'"),
+    ("tensors.0.dst.dtype", "int32", "tensors[0].dst.dtype", "only a float converts"),
+    ("tensors.0.src.dtype", "bfloat16", "tensors[0].src.dtype", "the source's dtype is"),
 ]
 
 
@@ -194,6 +198,17 @@ def test_request_id_is_canonical() -> None:
     ids = {parse_request(r).request_id for r in (BASE, shuffled, explicit)}
     assert len(ids) == 1
     assert parse_request(with_change("cluster.nic_gbps", 20)).request_id not in ids
+
+
+def test_a_destination_dtype_is_canonical_and_sizes_the_wire() -> None:
+    same = parse_request(with_change("tensors.0.dst.dtype", "float32"))
+    assert same.request_id == parse_request(BASE).request_id  # the same dtype named: no change
+    narrower = parse_request(with_change("tensors.0.dst.dtype", "bfloat16"))
+    (tensor,) = narrower.tensors
+    assert (tensor.dtype, tensor.wire_dtype, tensor.itemsize_bytes) == ("float32", "bfloat16", 2)
+    assert narrower.to_json()["tensors"][0]["dst"]["dtype"] == "bfloat16"
+    assert parse_request(narrower.to_json()).request_id == narrower.request_id
+    assert narrower.request_id != same.request_id
 
 
 def test_blocks_too_finely_cut_are_refused_before_any_grid_is_built(
