@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[executor,server,redis,dev]"
+	$(BIN)/pip install --quiet -e ".[executor,server,redis,models,dev]"
 	touch $@
 
 serve: install

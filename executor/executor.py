@@ -39,6 +39,7 @@ from meshcast.executor.agreement import (
 from meshcast.executor.arguments import Expected, agree, check_arguments
 from meshcast.executor.chunks import LocalTensors
 from meshcast.executor.dtypes import TORCH_DTYPES
+from meshcast.executor.heartbeat import Heartbeats, default_store
 from meshcast.executor.local_data import LocalData, Shards, as_local_data, region_views
 from meshcast.executor.preparation import prepare
 from meshcast.executor.program import RankProgram, RankStep, rank_program
@@ -54,6 +55,19 @@ MODES: tuple[Mode, ...] = ("chain", "broadcast")
 STAGING_BYTES = 64 << 20
 #: the smallest staging budget: `MIN_SLOTS` chunks of `ALIGN_BYTES`
 MIN_STAGING_BYTES = transport.MIN_SLOTS * ALIGN_BYTES
+
+
+class TransferError(RuntimeError):
+    """A transfer failed on this rank: it timed out or lost its peer. Names the transfer (its
+    index in `Executor.plan`), the peer rank waited on, the tensors, the bytes moved so far,
+    and what the job's store says about which rank stopped (`heartbeat`). `transfer` is None
+    when the collective check of a run's arguments, before any transfer, failed."""
+
+    def __init__(
+        self, rank: int, transfer: int | None, peer: int | None, tensors: list[str], message: str
+    ) -> None:
+        self.rank, self.transfer, self.peer, self.tensors = rank, transfer, peer, tensors
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,11 @@ class Executor:
         )
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._lock = threading.Lock()
+        self._heartbeats = Heartbeats(
+            default_store(), f"meshcast/heartbeat/{self._group.group_name}", self.rank, self.members
+        )
+        if self.rank in self.members:
+            self._heartbeats.start()  # until close: a rank computing between runs is alive
         self._channel: ThreadPoolExecutor | None = None
         self.last_timings: list[StepTiming] = []
 
@@ -261,7 +280,14 @@ class Executor:
         problem = check_arguments(
             source_shards, out, self._expected("src"), self._expected("dst"), self.device
         )
-        agree(problem, self.rank, self.members, self._members_group, self.device)
+        try:
+            agree(problem, self.rank, self.members, self._members_group, self.device)
+        except RuntimeError as err:  # the collective itself failed: a rank stopped or died
+            text = (
+                f"rank {self.rank}: the check of this run's arguments (a collective over ranks "
+                f"{self.members}) failed: {err}; {self.who_stopped()}"
+            )
+            raise TransferError(self.rank, None, None, [], text) from err
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
@@ -336,13 +362,34 @@ class Executor:
         tensors = LocalTensors(program, self._dtypes["dst"], sources, targets, self.device)
         start, timings = time.perf_counter(), []
         tensors.local_copies()
-        for step in program.steps:
+        for done, step in enumerate(program.steps):
             began = time.perf_counter() - start
             tensors.make_relays(step)
-            self._move(step, tensors)
+            try:
+                self._move(step, tensors)
+            except transport.PeerFailure as failure:
+                raise self._failed(step, done, failure) from failure
             tensors.release_relays(step)
             timings.append(StepTiming(step.index, began, time.perf_counter() - start))
         self.last_timings = timings
+
+    def who_stopped(self) -> str:
+        """Which rank stopped making progress, in words, as the job's store tells (after a
+        failed wait: a rank that was stopped or died)."""
+        return self._heartbeats.silent()
+
+    def _failed(self, step: RankStep, done: int, failure: transport.PeerFailure) -> TransferError:
+        """The error of a transfer whose wait failed, in words a person can act on."""
+        message = step.message
+        names = sorted({self._name(p.tensor) for p in message.pieces})
+        moved = sum(message.chunk_length(k) for k in range(failure.chunk))
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        text = (
+            f"rank {self.rank}: transfer {step.index} ({shown}; {moved:,} of "
+            f"{message.num_bytes:,} bytes moved, after {done} of this rank's "
+            f"{len(self.program.steps)} transfers): {failure}; {self.who_stopped()}"
+        )
+        return TransferError(self.rank, step.index, failure.peer, names, text)
 
     def run_async(
         self, source_shards: Shards, out: Shards | None = None
@@ -377,6 +424,7 @@ class Executor:
         if self._channel is not None:
             self._channel.shutdown(wait=True)
             self._channel = None
+        self._heartbeats.stop()
         groups = [*self._groups.values(), self._group]
         if self._members_group is not self._group:
             groups.append(self._members_group)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
@@ -149,6 +149,30 @@ class LocalWorld:
         for rank, inbox in enumerate(self._inboxes):
             inbox.put((fn, per_rank[rank] if per_rank is not None else args))
         return self._collect(f"running {fn.__name__}")
+
+    def run_losing(
+        self, lost: Collection[int], fn: Callable[..., Any], *args: Any
+    ) -> dict[int, tuple[float, Any]]:
+        """`fn(*args)` on every rank, when ranks `lost` are expected to stop or die during it:
+        the other ranks' answers (results, or tracebacks of what they raised) with the seconds
+        each took, not waiting for the lost ones. The world is then closed: a world that lost
+        a rank cannot run another job."""
+        start = time.monotonic()
+        for inbox in self._inboxes:
+            inbox.put((fn, args))
+        answers: dict[int, tuple[float, Any]] = {}
+        deadline = start + self.timeout_s + _GRACE_S
+        try:
+            while len(answers) < self.num_ranks - len(set(lost)) and time.monotonic() < deadline:
+                try:
+                    rank, _, value = self._outbox.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if rank not in lost:
+                    answers[rank] = (time.monotonic() - start, value)
+        finally:
+            self.close(force=True)
+        return answers
 
     def close(self, *, force: bool = False) -> None:
         """Stop every process: politely (each rank leaves the world; killed if it has not

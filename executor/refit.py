@@ -37,7 +37,7 @@ from meshcast.executor.dtensor import (
     plan_on_rank0,
 )
 from meshcast.executor.dtypes import DTYPE_NAMES
-from meshcast.executor.executor import STAGING_BYTES, Executor
+from meshcast.executor.executor import STAGING_BYTES, Executor, TransferError
 from meshcast.executor.refit_verify import RefitChecksums
 from meshcast.planner import build_problem
 from meshcast.planner.dtypes import FLOAT_DTYPES
@@ -335,15 +335,27 @@ class Refit:
         self._executor.run(sources, self._out)
         # every rank finished its part; and whether any asked for a check
         wanted = torch.tensor([int(verify)], device=self._executor.device)
-        dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=self._members_group)
+        self._collective("the sync's completion", dist.all_reduce, wanted, dist.ReduceOp.MAX)
         if int(wanted.item()):
             self._verify(sources)
+
+    def _collective(self, what: str, op: Any, tensor: torch.Tensor, *args: Any) -> None:
+        """`op(tensor, *args)` over the trainer and engine ranks; a rank that stopped or died
+        is a `TransferError` naming it, as the executor's are."""
+        try:
+            op(tensor, *args, group=self._members_group)
+        except RuntimeError as err:
+            rank = dist.get_rank()
+            text = f"rank {rank}: {what} failed: {err}; {self._executor.who_stopped()}"
+            raise TransferError(rank, None, None, [], text) from err
 
     def _verify(self, sources: Mapping[str, Any]) -> None:
         if self._checksums is None:  # worked out once, on the first verified sync
             self._checksums = RefitChecksums(build_problem(self.request), dist.get_rank())
         checks = self._checksums
-        checks.compare(checks.expected(sources), checks.measured(self._out), self._members_group)
+        shares = checks.shares(checks.expected(sources), checks.measured(self._out))
+        self._collective("the verification's all-reduce", dist.all_reduce, shares)
+        checks.compare(shares)
 
     def close(self) -> None:
         """Release the executor's process groups (a collective)."""

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from meshcast.executor.checksums import checksum
 from meshcast.executor.dtypes import TORCH_DTYPES
@@ -135,14 +134,19 @@ class RefitChecksums:
             sums[index] = np.uint64(value)
         return sums
 
-    def compare(self, expected: np.ndarray, measured: np.ndarray, group: dist.ProcessGroup) -> None:
-        """Sum every rank's shares (one all-reduce) and raise `RefitMismatchError` on every
-        rank when any box differs."""
+    @staticmethod
+    def shares(expected: np.ndarray, measured: np.ndarray) -> torch.Tensor:
+        """This rank's expected and measured sums as one tensor to all-reduce: 32-bit halves
+        in int64, so no sum over ranks can overflow."""
         both = np.concatenate([expected, measured])
-        halves = np.stack([both & np.uint64(_LOW), both >> np.uint64(32)]).astype(np.int64)
-        summed = torch.from_numpy(halves)
-        dist.all_reduce(summed, group=group)  # 32-bit halves: no rank's sum can overflow
-        low, high = (summed.numpy()[k].astype(np.uint64) for k in (0, 1))
+        return torch.from_numpy(
+            np.stack([both & np.uint64(_LOW), both >> np.uint64(32)]).astype(np.int64)
+        )
+
+    def compare(self, summed: torch.Tensor) -> None:
+        """From every rank's shares summed, raise `RefitMismatchError` (the same on every rank)
+        when any engine box differs from the trainer's values."""
+        low, high = (summed.cpu().numpy()[k].astype(np.uint64) for k in (0, 1))
         with np.errstate(over="ignore"):
             total = low + (high << np.uint64(32))
         want, got = total[: self.num_keys], total[self.num_keys :]

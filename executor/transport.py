@@ -18,6 +18,7 @@ waits only on chunk k at its parent and on earlier chunks, whatever the pool siz
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -49,12 +50,36 @@ class StagingPool:
         return self.buffer[start : start + length]
 
 
-def _wait(works: Sequence[dist.Work]) -> None:
-    for work in works:
+class PeerFailure(RuntimeError):
+    """A wait of one transfer failed (timed out, or its peer went away): which operation, on
+    which peer (None: one of a broadcast group's), at which chunk."""
+
+    def __init__(self, operation: str, peer: int | None, chunk: int, cause: BaseException):
+        self.operation, self.peer, self.chunk = operation, peer, chunk
+        super().__init__(f"{operation} of chunk {chunk} failed: {cause}")
+
+
+def _waited(work: dist.Work, operation: str, peer: int | None, chunk: int) -> None:
+    try:
         work.wait()
+    except Exception as err:  # gloo and NCCL raise RuntimeError (DistBackendError) kinds
+        raise PeerFailure(operation, peer, chunk, err) from err
 
 
-def _posted(work: dist.Work | None) -> dist.Work:
+def _wait(works: Sequence[tuple[int, dist.Work]], chunk: int) -> None:
+    """Wait for the sends of chunk `chunk`, one per child."""
+    for child, work in works:
+        _waited(work, f"the send to rank {child}", child, chunk)
+
+
+def _posted(
+    post: Callable[[], dist.Work | None], operation: str, peer: int | None, chunk: int
+) -> dist.Work:
+    """The work of an operation just posted: posting fails too when the peer is already gone."""
+    try:
+        work = post()
+    except Exception as err:
+        raise PeerFailure(operation, peer, chunk, err) from err
     assert work is not None, "a p2p operation in a group this rank is not in"
     return work
 
@@ -110,23 +135,39 @@ def chain(
     """Send (no `parent`) or receive a message, forwarding every chunk to `children` from
     where it landed."""
     num_chunks, num_slots = len(chunks), chunks.pool.num_slots
-    sends: dict[int, list[dist.Work]] = {}
+    sends: dict[int, list[tuple[int, dist.Work]]] = {}
 
     def send(k: int, data: torch.Tensor) -> None:
-        sends[k] = [_posted(dist.isend(data, child, group=group)) for child in children]
+        sends[k] = [
+            (
+                child,
+                _posted(
+                    partial(dist.isend, data, child, group=group),
+                    f"the send to rank {child}",
+                    child,
+                    k,
+                ),
+            )
+            for child in children
+        ]
 
     if parent is None:
         for k in range(num_chunks):
-            _wait(sends.pop(k - num_slots, []))  # the slot's previous chunk has left
+            _wait(sends.pop(k - num_slots, []), k - num_slots)  # the slot's previous chunk left
             send(k, chunks.packed(k))
     else:
 
         def receive(k: int) -> dist.Work:
-            return _posted(dist.irecv(chunks.buffer(k), parent, group=group))
+            return _posted(
+                partial(dist.irecv, chunks.buffer(k), parent, group=group),
+                f"the receive from rank {parent}",
+                parent,
+                k,
+            )
 
         receives = {k: receive(k) for k in range(min(num_slots, num_chunks))}
         for k in range(num_chunks):
-            receives.pop(k).wait()
+            _waited(receives.pop(k), f"the receive from rank {parent}", parent, k)
             data = chunks.unpacked(k)
             if children:
                 send(k, data)
@@ -134,10 +175,10 @@ def chain(
             # (a leaf's own slot is free as soon as it is unpacked)
             free = k - 1 if children else k
             if free >= 0 and free + num_slots < num_chunks:
-                _wait(sends.pop(free, []))
+                _wait(sends.pop(free, []), free)
                 receives[free + num_slots] = receive(free + num_slots)
-    for works in sends.values():
-        _wait(works)
+    for k, works in sends.items():
+        _wait(works, k)
 
 
 def broadcast(chunks: Chunks, src: int, group: dist.ProcessGroup) -> None:
@@ -147,8 +188,13 @@ def broadcast(chunks: Chunks, src: int, group: dist.ProcessGroup) -> None:
     pending: dict[int, dist.Work] = {}
     num_slots = chunks.pool.num_slots
 
+    if sender:
+        operation, peer = f"the broadcast to ranks {dist.get_process_group_ranks(group)}", None
+    else:
+        operation, peer = f"the broadcast from rank {src}", src
+
     def finish(k: int) -> None:
-        pending.pop(k).wait()
+        _waited(pending.pop(k), operation, peer, k)
         if not sender:
             chunks.unpacked(k)
 
@@ -156,6 +202,8 @@ def broadcast(chunks: Chunks, src: int, group: dist.ProcessGroup) -> None:
         if k - num_slots in pending:
             finish(k - num_slots)
         data = chunks.packed(k) if sender else chunks.buffer(k)
-        pending[k] = _posted(dist.broadcast(data, src=src, group=group, async_op=True))
+        pending[k] = _posted(
+            partial(dist.broadcast, data, src=src, group=group, async_op=True), operation, peer, k
+        )
     for k in sorted(pending):
         finish(k)

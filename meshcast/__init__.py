@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "InvalidPlanError": "meshcast.executor.agreement",
     "PlanMismatchError": "meshcast.executor.agreement",
     "execute": "meshcast.executor.executor",
+    "TransferError": "meshcast.executor.executor",
+    "Refit": "meshcast.executor.refit",
+    "RefitMismatchError": "meshcast.executor.refit_verify",
     "reshard": "meshcast.executor.dtensor",
     "MeshcastClient": "meshcast.api.client",
 }
@@ -50,11 +53,14 @@ __all__ = [
     "PlanFormatError",
     "PlanMismatchError",
     "Problem",
+    "Refit",
+    "RefitMismatchError",
     "Request",
     "RequestError",
     "SolveOptions",
     "SolveStatus",
     "Transfer",
+    "TransferError",
     "build_problem",
     "execute",
     "make_plan",
@@ -67,7 +73,9 @@ if TYPE_CHECKING:
     from meshcast.api.client import MeshcastClient
     from meshcast.executor.agreement import InvalidPlanError, PlanMismatchError
     from meshcast.executor.dtensor import reshard
-    from meshcast.executor.executor import Executor, execute
+    from meshcast.executor.executor import Executor, TransferError, execute
+    from meshcast.executor.refit import Refit
+    from meshcast.executor.refit_verify import RefitMismatchError
     from meshcast.planner.errors import PlanFormatError, RequestError
     from meshcast.planner.fused import Fused
     from meshcast.planner.plan import Piece, Plan, SolveStatus, Transfer
