@@ -113,6 +113,9 @@ class Concat:
         for name in self.sources:
             shape = shapes[name]
             box = [(0, n) for n in shape]
+            for what, dim in (("dim", self.dim), ("shard_dim", self.shard_dim)):
+                if dim is not None and not 0 <= dim < max(1, len(shape)):
+                    raise ValueError(f"{name}: {what} {dim} is not a dim of {list(shape)}")
             if self.shard_dim is not None:
                 n = shape[self.shard_dim]
                 if self.even and n % num_ranks:

@@ -149,6 +149,8 @@ def test_a_mapping_that_does_not_fit_names_the_tensor() -> None:
         refit_blocks(RULES, {**SHAPES, "extra": (3,)}, 2)
     with pytest.raises(ValueError, match=r"^gate: dim 0 of \[8, 6\] does not split evenly over 3"):
         refit_blocks(RULES, SHAPES, 3)
+    with pytest.raises(ValueError, match=r"^norm: shard_dim 1 is not a dim of \[6\]"):
+        refit_blocks({**RULES, "norm": Concat(("norm",), shard_dim=1)}, SHAPES, 2)
     crooked = {"fused": Concat(("gate", "down"), dim=0, shard_dim=None)}
     with pytest.raises(ValueError, match=r"fused: part 'down' \[6, 8\] does not fit beside 'gate'"):
         refit_blocks({**RULES, **crooked}, SHAPES, 1)
