@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/executor_run.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/plan_viewer.py
+	$(BIN)/python benchmarks/refit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -47,14 +47,28 @@ def _marginals(bits: torch.Tensor) -> list[np.ndarray]:
     n = bits.dim()
     if bits.device.type == "cpu":  # numpy widens int16 / int32 sums far faster than torch
         array = bits.numpy()
-        return [
-            np.asarray(array.sum(axis=tuple(a for a in range(n) if a != d), dtype=np.int64))
-            for d in range(n)
-        ]
+        if n <= 2:
+            return [
+                np.asarray(array.sum(axis=tuple(a for a in range(n) if a != d), dtype=np.int64))
+                for d in range(n)
+            ]
+        # two passes over the data whatever the rank: the last dim's marginal, and the sums
+        # over the last dim, whose own marginals are the other dims' (exact integer sums)
+        last = np.asarray(array.sum(axis=tuple(range(n - 1)), dtype=np.int64))
+        rest = array.sum(axis=n - 1, dtype=np.int64)
+        return [*_marginals_of(rest), last]
     return [
         bits.sum(dim=[a for a in range(n) if a != d], dtype=torch.int64).cpu().numpy()
         if n > 1
         else bits.to(torch.int64).cpu().numpy()
+        for d in range(n)
+    ]
+
+
+def _marginals_of(array: np.ndarray) -> list[np.ndarray]:
+    n = array.ndim
+    return [
+        np.asarray(array.sum(axis=tuple(a for a in range(n) if a != d), dtype=np.int64))
         for d in range(n)
     ]
 

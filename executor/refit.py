@@ -20,6 +20,7 @@ taken as the trainer's. Ranks in neither role take part in set-up only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -292,6 +293,7 @@ class Refit:
         )
         self._members_group = dist.new_group(self.members, timeout=timeout)  # collective
         self._checksums: RefitChecksums | None = None
+        self._checker_thread: ThreadPoolExecutor | None = None
         #: the engine's parameters hold the trainer's values of the last `sync`
         self.current = False
         self.num_syncs = 0
@@ -332,12 +334,31 @@ class Refit:
                 sources[spec.name] = (
                     _block_views(t, rank) if spec.src.blocks is not None else t.to_local()
                 )
+        # a trainer rank that will verify sums what it sends while it sends (the values do not
+        # change during a sync; a sender mostly waits on the network)
+        expected = None
+        if verify and sources:
+            expected = self._checker().submit(self._checks().expected, sources)
         self._executor.run(sources, self._out)
         # every rank finished its part; and whether any asked for a check
         wanted = torch.tensor([int(verify)], device=self._executor.device)
         self._collective("the sync's completion", dist.all_reduce, wanted, dist.ReduceOp.MAX)
         if int(wanted.item()):
-            self._verify(sources)
+            checks = self._checks()
+            mine = expected.result() if expected is not None else checks.expected(sources)
+            shares = checks.shares(mine, checks.measured(self._out))
+            self._collective("the verification's all-reduce", dist.all_reduce, shares)
+            checks.compare(shares)
+
+    def _checks(self) -> RefitChecksums:
+        if self._checksums is None:  # worked out once, on the first verified sync
+            self._checksums = RefitChecksums(build_problem(self.request), dist.get_rank())
+        return self._checksums
+
+    def _checker(self) -> ThreadPoolExecutor:
+        if self._checker_thread is None:
+            self._checker_thread = ThreadPoolExecutor(1, thread_name_prefix="meshcast-verify")
+        return self._checker_thread
 
     def _collective(self, what: str, op: Any, tensor: torch.Tensor, *args: Any) -> None:
         """`op(tensor, *args)` over the trainer and engine ranks; a rank that stopped or died
@@ -349,15 +370,10 @@ class Refit:
             text = f"rank {rank}: {what} failed: {err}; {self._executor.who_stopped()}"
             raise TransferError(rank, None, None, [], text) from err
 
-    def _verify(self, sources: Mapping[str, Any]) -> None:
-        if self._checksums is None:  # worked out once, on the first verified sync
-            self._checksums = RefitChecksums(build_problem(self.request), dist.get_rank())
-        checks = self._checksums
-        shares = checks.shares(checks.expected(sources), checks.measured(self._out))
-        self._collective("the verification's all-reduce", dist.all_reduce, shares)
-        checks.compare(shares)
-
     def close(self) -> None:
         """Release the executor's process groups (a collective)."""
+        if self._checker_thread is not None:
+            self._checker_thread.shutdown(wait=True)
+            self._checker_thread = None
         self._executor.close()
         dist.destroy_process_group(self._members_group)

@@ -91,3 +91,62 @@ def test_every_other_rank_names_the_rank_that_stopped_within_the_timeout(how: st
     waiting = [a for _, a in answers.values() if a["peer"] == VICTIM]
     assert waiting and all(f"rank {VICTIM}" in a["error"] for a in waiting)
     assert all("bytes moved" in a["error"] for a in waiting)
+
+
+def _losing_refit_job() -> Any:
+    """A refit whose engine rank `VICTIM + 2` dies during its first sync: the others say
+    what failed, and whether the refit still calls the engine current."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from meshcast.executor.refit import Refit
+    from meshcast.planner.refit_map import Concat
+
+    rank, victim = dist.get_rank(), VICTIM + 2
+    trainer = DeviceMesh("cpu", torch.arange(4))
+    engines = [DeviceMesh("cpu", torch.tensor(r)) for r in ([4, 5], [6, 7])]
+    engine = next((m for m in engines if rank in m.mesh.tolist()), None)
+    rules = {f"w{i}": Concat((f"w{i}",), dim=1, shard_dim=1) for i in range(4)}
+    state = params = None
+    if rank < 4:
+        full = torch.zeros(1024, 1024)
+        state = {n: distribute_tensor(full, trainer, [Shard(0)], src_data_rank=None) for n in rules}
+    elif engine is not None:
+        params = {n: torch.zeros(1024, 512) for n in rules}
+    refit = Refit(
+        rules,
+        trainer_state=state,
+        engine_params=params,
+        engine_mesh=engine,
+        cluster={"hosts": [[0, 1, 2, 3], [4, 5], [6, 7]], "nic_gbps": 10},
+        timeout=timedelta(seconds=TIMEOUT_S),
+    )
+    refit.sync()
+    if rank == victim:
+        move, calls = refit._executor._move, []
+
+        def dying(*args: Any) -> None:
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            move(*args)
+
+        refit._executor._move = dying  # type: ignore[method-assign]
+    try:
+        for _ in range(RUNS):
+            refit.sync()
+    except TransferError as err:
+        return {"error": str(err), "current": refit.current, "syncs": refit.num_syncs}
+    return {"error": None, "current": refit.current}
+
+
+def test_a_refit_that_loses_a_rank_mid_sync_is_not_current_anywhere() -> None:
+    world = LocalWorld(8, timeout_s=30)
+    answers = world.run_losing({VICTIM + 2}, _losing_refit_job)
+    assert sorted(answers) == [r for r in range(8) if r != VICTIM + 2]
+    for rank, (seconds, answer) in answers.items():
+        assert isinstance(answer, dict), (rank, answer)
+        assert answer["error"] is not None and not answer["current"], (rank, answer)
+        assert f"rank {VICTIM + 2} silent for" in answer["error"], (rank, answer["error"])
+        assert answer["syncs"] == 1, (rank, answer)  # the failed sync did not count
+        assert seconds < TIMEOUT_S + 5 + 10, (rank, seconds)  # set-up and the first sync too
