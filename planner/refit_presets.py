@@ -9,8 +9,10 @@ vLLM's layout, as its source defines it (vllm-project/vllm):
   `[q, k, v]` of its heads, `num_heads / tp` query heads; key/value heads split over ranks when
   there are at least `tp` of them, else one per rank, replicated over `tp / num_kv_heads` ranks
   (`num_kv_head_replicas`; rank `r` loads kv shard `r // num_kv_head_replicas`).
-  `MergedColumnParallelLinear`: `[gate rows, up rows]` of the rank's chunk of each.
-  `RowParallelLinear` (`o_proj`, `down_proj`): the rank's chunk of the input dim (dim 1).
+  Its bias (Qwen2's `q/k/v_proj.bias`; Llama's with `attention_bias`) is fused and split the
+  same way. `MergedColumnParallelLinear`: `[gate rows, up rows]` of the rank's chunk of each.
+  `RowParallelLinear` (`o_proj`, `down_proj`): the rank's chunk of the input dim (dim 1), its
+  bias whole on every rank (rank 0 adds it after the all-reduce).
 - `vllm/model_executor/layers/vocab_parallel_embedding.py`: `VocabParallelEmbedding` and
   `ParallelLMHead` pad the vocabulary to a multiple of `DEFAULT_VOCAB_PADDING_SIZE` (64) and
   give each rank `padded / tp` rows; rows past the real vocabulary are padding.
@@ -187,12 +189,17 @@ class LlamaShape:
     qk_norm: bool = False
     #: experts per MoE layer (Qwen3-MoE, Mixtral: every layer sparse); 0: a dense model
     num_experts: int = 0
+    #: biases on `q_proj`, `k_proj`, `v_proj` (Qwen2; Llama with `attention_bias`)
+    qkv_bias: bool = False
+    #: a bias on `o_proj` too (Llama with `attention_bias`)
+    o_bias: bool = False
 
 
 def shape_of(config: Any) -> LlamaShape:
     """A `LlamaShape` from a transformers config (`LlamaConfig`, `Qwen2Config`, `Qwen3Config`,
     `Qwen3MoeConfig`, `MixtralConfig`), read by attribute."""
     heads = config.num_attention_heads
+    bias = bool(getattr(config, "attention_bias", False))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return LlamaShape(
         num_layers=config.num_hidden_layers,
@@ -204,6 +211,8 @@ def shape_of(config: Any) -> LlamaShape:
         num_experts=getattr(config, "num_experts", None)
         or getattr(config, "num_local_experts", None)
         or 0,
+        qkv_bias=config.model_type == "qwen2" or bias,
+        o_bias=bias,
     )
 
 
@@ -228,7 +237,18 @@ def llama_to_vllm(config: LlamaShape, ep: int = 1) -> dict[str, Rule]:
             config.num_kv_heads,
             config.head_dim,
         )
+        if config.qkv_bias:  # `QKVParallelLinear` loads its bias as it loads its weight rows
+            rules[f"{attn}.qkv_proj.bias"] = VllmQKV(
+                f"{attn}.q_proj.bias",
+                f"{attn}.k_proj.bias",
+                f"{attn}.v_proj.bias",
+                config.num_heads,
+                config.num_kv_heads,
+                config.head_dim,
+            )
         rules[f"{attn}.o_proj.weight"] = Concat((f"{attn}.o_proj.weight",), dim=1, shard_dim=1)
+        if config.o_bias:  # `RowParallelLinear` keeps its whole bias on every rank
+            rules[f"{attn}.o_proj.bias"] = Concat((f"{attn}.o_proj.bias",), shard_dim=None)
         if config.qk_norm:
             for norm in ("q_norm", "k_norm"):
                 rules[f"{attn}.{norm}.weight"] = Concat((f"{attn}.{norm}.weight",), shard_dim=None)

@@ -224,3 +224,39 @@ def test_shape_of_reads_transformers_configs() -> None:
         num_local_experts=6,
     )
     assert shape_of(moe) == LlamaShape(2, 8, 2, 8, num_experts=6)
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["llama", "llama-attention-bias", "qwen2", "qwen3", "qwen3-moe", "mixtral"],
+)
+def test_the_vllm_preset_covers_every_tensor_of_each_transformers_family(family: str) -> None:
+    """Every name of the model's real state dict feeds exactly one engine parameter, biases
+    included (Qwen2's q/k/v biases fused like their weights), under TP 2 and EP 2."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    common = dict(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(**common),
+        "llama-attention-bias": lambda: transformers.LlamaConfig(attention_bias=True, **common),
+        "qwen2": lambda: transformers.Qwen2Config(**common),
+        "qwen3": lambda: transformers.Qwen3Config(head_dim=8, **common),
+        "qwen3-moe": lambda: transformers.Qwen3MoeConfig(
+            head_dim=8, num_experts=4, moe_intermediate_size=16, **common
+        ),
+        "mixtral": lambda: transformers.MixtralConfig(num_local_experts=4, **common),
+    }
+    config = configs[family]()
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    shape = shape_of(config)
+    assert shape.qkv_bias == (family in ("qwen2", "llama-attention-bias"))
+    blocks = refit_blocks(llama_to_vllm(shape, ep=2 if shape.num_experts else 1), shapes, 2)
+    assert set(blocks) == set(shapes)
