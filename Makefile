@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/compact_plans.py
 	$(BIN)/python benchmarks/executor_run.py
 	$(BIN)/python benchmarks/service_load.py
+	$(BIN)/python benchmarks/service_soak.py
 	$(BIN)/python benchmarks/plan_viewer.py
 	$(BIN)/python benchmarks/refit.py
 

@@ -35,7 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache = open_cache(settings.cache_url)
-        planner = Planner(cache, metrics, settings.solver_processes, settings.max_pending_solves)
+        planner = Planner(
+            cache,
+            metrics,
+            settings.solver_processes,
+            settings.max_pending_solves,
+            settings.compare_processes,
+            settings.max_pending_compares,
+        )
         if settings.warm_up:
             planner.warm_up()
         app.state.settings, app.state.cache, app.state.planner = settings, cache, planner

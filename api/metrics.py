@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: HTTP traffic, cache hits and misses, solves.
+"""Prometheus metrics of the service: HTTP traffic (per route), cache hits and misses, solves,
+admissions and solver restarts per lane.
 
 Each app has its own registry (tests build many apps in one process). Under several uvicorn
 workers `meshcast serve` sets `PROMETHEUS_MULTIPROC_DIR`, every process writes its samples
@@ -52,6 +53,20 @@ class Metrics:
             "meshcast_solve_seconds",
             "Wall time of each solve",
             buckets=_SOLVE_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.admissions = Counter(
+            "meshcast_admissions",
+            "Solving work by lane (plan, compare) and outcome (admitted, shared with identical "
+            "work in flight, rejected with 503)",
+            ["lane", "outcome"],
+            registry=self.registry,
+        )
+        self.solver_restarts = Counter(
+            "meshcast_solver_restarts",
+            "Solver pools replaced after a process died, by lane",
+            ["lane"],
             registry=self.registry,
         )
 

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     solver_processes: int = Field(2, ge=0)
     #: most distinct requests solving or queued at once (503 beyond)
     max_pending_solves: int = Field(64, ge=0)
+    #: solver processes of the compare lane (`POST /v1/compare`), apart from the plan lane's
+    compare_processes: int = Field(1, ge=0)
+    #: most distinct comparisons running or queued at once (503 beyond)
+    max_pending_compares: int = Field(2, ge=0)
     #: start the solver processes with the service instead of on the first request
     warm_up: bool = True
 

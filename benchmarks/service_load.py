@@ -3,7 +3,9 @@
 Starts the service from this checkout on a free port with a fresh SQLite cache, then measures
 latency (p50, p99) and throughput of: `GET /healthz` (the floor: no cache, no parsing), cached
 `POST /v1/plans` from one client and from 16, distinct uncached requests from 8 clients, and 16
-identical uncached requests at once (solves counted from `/metrics`).
+identical uncached requests at once (solves counted from `/metrics`), and greedy plan
+requests while three 15 s comparisons of the 32-to-16 GPU refit are in flight (the compare lane
+admits two; the third is answered 503).
 
     python benchmarks/service_load.py [--requests 400] [--workers 1]
 """
@@ -11,6 +13,7 @@ identical uncached requests at once (solves counted from `/metrics`).
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import statistics
@@ -26,10 +29,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import SHARED, markdown_table, write_results
 from meshcast.api.progress import progress
 from meshcast.planner.synthetic import shared_like_request
 from tests.api.server import running_server
+
+CASES = SHARED / "cases"
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -80,6 +85,41 @@ def _solves(url: str) -> float:
     return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
+def _fairness(url: str, count: int = 10) -> dict[str, Any]:
+    """Greedy plans while three comparisons at a 15 s time limit are sent (default settings)."""
+    compares = []
+    for seed in range(3):
+        request = json.loads((CASES / "refit-fsdp32-to-tp2x8.json").read_text())
+        request["options"] = {"time_limit_s": 15.0, "seed": seed}
+        compares.append(request)
+    with ThreadPoolExecutor(3) as pool:
+        sent = [pool.submit(httpx.post, f"{url}/v1/compare", json=r, timeout=600) for r in compares]
+        while httpx.get(f"{url}/healthz", timeout=10).json()["comparing"] < 2:
+            time.sleep(0.05)
+        time.sleep(1.0)  # both admitted, the third answered
+        latencies, statuses = [], []
+        for k in range(count):
+            request = shared_like_request(random.Random(1000 + k), "paper")
+            request["options"] = {"algorithm": "greedy"}
+            began = time.perf_counter()
+            answer = httpx.post(f"{url}/v1/plans", json=request, timeout=600)
+            latencies.append(time.perf_counter() - began)
+            statuses.append(answer.status_code)
+        in_flight = httpx.get(f"{url}/healthz", timeout=10).json()["comparing"]
+        compare_statuses = sorted(f.result().status_code for f in sent)
+    return {
+        "scenario": "POST /v1/plans greedy, 3 compares in flight",
+        "clients": 1,
+        "requests": count,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": max(latencies) * 1e3,
+        "req_per_s": count / sum(latencies),
+        "non_200": sum(s != 200 for s in statuses),
+        "comparing_after": in_flight,
+        "compare_statuses": compare_statuses,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
@@ -100,7 +140,7 @@ def main() -> None:
             n = args.requests
             health = [lambda c: c.get(f"{url}/healthz")] * n
             cached = [lambda c: c.post(f"{url}/v1/plans", json=cached_request)] * n
-            with progress(5, "service load") as steps:
+            with progress(6, "service load") as steps:
                 steps.begin("GET /healthz")
                 rows.append(_measure("GET /healthz (floor)", health, 1))
                 steps.begin("cached plans, 1 client")
@@ -120,6 +160,8 @@ def main() -> None:
                 steps.begin("16 identical requests")
                 rows.append(_measure("POST /v1/plans uncached, 16 identical", same, 16))
                 rows[-1]["solves"] = _solves(url) - before
+                steps.begin("plans beside three 15 s comparisons")
+                rows.append(_fairness(url))
     header = ["scenario", "clients", "requests", "p50 ms", "p99 ms", "req/s", "non-200", "solves"]
     table = markdown_table(
         header,
@@ -141,7 +183,9 @@ def main() -> None:
     note = (
         f"\ncached POST p50 from one client: {rows[1]['p50_ms']:.2f} ms "
         f"({rows[1]['p50_ms'] / floor:.1f}x the /healthz floor of {floor:.2f} ms); "
-        f"{args.workers} uvicorn worker(s)"
+        f"{args.workers} uvicorn worker(s); beside three 15 s comparisons (answers "
+        f"{rows[-1]['compare_statuses']}, {rows[-1]['comparing_after']} still running after the "
+        f"plans) a greedy plan took {rows[-1]['p99_ms']:.0f} ms at most"
     )
     print(table + note)
     path = write_results("service_load", table + note, rows)

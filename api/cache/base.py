@@ -54,6 +54,10 @@ class PlanCache(Protocol):
     def claim(self, request_id: str, owner: str, ttl_s: float) -> bool:
         """Try to become the one process solving `request_id` for `ttl_s` seconds."""
 
+    def renew(self, request_id: str, owner: str, ttl_s: float) -> None:
+        """Extend `owner`'s claim on `request_id` to `ttl_s` seconds from now (nothing if it
+        is not `owner`'s any more)."""
+
     def release(self, request_id: str, owner: str) -> None:
         """Give up a claim (after the plan is stored, or on failure)."""
 

@@ -60,6 +60,12 @@ class RedisCache:
         key = f"{_PREFIX}claim:{request_id}"
         return bool(self._redis.set(key, owner, nx=True, px=max(1, int(ttl_s * 1000))))
 
+    def renew(self, request_id: str, owner: str, ttl_s: float) -> None:
+        key = f"{_PREFIX}claim:{request_id}"
+        current = self._redis.get(key)
+        if isinstance(current, bytes) and current.decode() == owner:
+            self._redis.pexpire(key, max(1, int(ttl_s * 1000)))
+
     def release(self, request_id: str, owner: str) -> None:
         key = f"{_PREFIX}claim:{request_id}"
         current = self._redis.get(key)

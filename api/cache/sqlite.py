@@ -124,6 +124,13 @@ class SqliteCache:
             )
             return done.rowcount == 1
 
+    def renew(self, request_id: str, owner: str, ttl_s: float) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE claims SET expires_at = ? WHERE request_id = ? AND owner = ?",
+                (time.time() + ttl_s, request_id, owner),
+            )
+
     def release(self, request_id: str, owner: str) -> None:
         with self._lock, self._db:
             self._db.execute(

@@ -15,13 +15,15 @@ router = APIRouter(tags=["service"])
 
 @router.get("/healthz")
 def healthz(cache: CacheDep, planner: PlannerDep) -> dict[str, Any]:
-    """Liveness: the cache answers; how many plans it holds and how many solves run."""
+    """Liveness: the cache answers; how many plans it holds, how many plan solves and
+    comparisons run."""
     return {
         "status": "ok",
         "cache": cache.url,
         "cached_plans": len(cache),
         "cache_set_aside": str(getattr(cache, "set_aside", None) or "") or None,
         "solving": planner.num_inflight,
+        "comparing": planner.num_comparing,
     }
 
 

@@ -211,7 +211,7 @@ async def compare(settings: SettingsDep, planner: PlannerDep, body: RawBody) -> 
     request = await accepted_off_loop(body, settings)
     try:
         rows = await planner.compare(request)
-    except SolverCrashed as err:
+    except (Overloaded, SolverCrashed) as err:
         raise unavailable(str(err)) from None
     return {"request_id": request.request_id, "algorithms": rows}
 

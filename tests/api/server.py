@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the process id of each running server, by its base URL
+SERVER_PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -66,9 +68,11 @@ def running_process(
                 stderr = process.stderr.read().decode() if process.stderr else ""
                 raise RuntimeError(f"meshcast serve did not start: {stderr[-2000:]}")
             time.sleep(0.2)
+        SERVER_PIDS[url] = process.pid
         yield url
         children = descendants(process.pid)  # solver processes, uvicorn workers, trackers
     finally:
+        SERVER_PIDS.pop(url, None)
         process.send_signal(signal.SIGTERM)
         try:
             _, stderr_bytes = process.communicate(timeout=30)
@@ -105,6 +109,15 @@ def descendants(pid: int) -> set[int]:
         frontier = {child for child, parent in parent_of.items() if parent in frontier} - found
         found |= frontier
     return found
+
+
+def cpu_ticks(pid: int) -> int:
+    """User and system time `pid` has used, in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def survivors(pids: set[int], within_s: float = 10.0) -> set[int]:

@@ -53,7 +53,11 @@ def test_one_claim_at_a_time_until_released_or_expired(cache: PlanCache) -> None
     import time
 
     time.sleep(0.1)
-    assert cache.claim("x", "three", ttl_s=30)  # the expired claim no longer counts
+    assert cache.claim("x", "three", ttl_s=0.2)  # the expired claim no longer counts
+    cache.renew("x", "two", ttl_s=30)  # not the owner: no effect
+    cache.renew("x", "three", ttl_s=30)  # its owner still works on it
+    time.sleep(0.3)
+    assert not cache.claim("x", "four", ttl_s=30)
 
 
 def test_a_path_that_cannot_hold_a_cache_is_refused_and_left_alone(

@@ -4,8 +4,10 @@ single flight under concurrency (one worker, several workers, replicas on one Re
 from __future__ import annotations
 
 import copy
+import os
 import random
 import re
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from meshcast.api.client import MeshcastClient
 from meshcast.planner.synthetic import shared_like_request
-from tests.api.server import free_port, running_server
+from tests.api.server import SERVER_PIDS, cpu_ticks, descendants, free_port, running_server
 from tests.conftest import CASES_DIR, load_case
 
 SMALL = load_case("paper-1tom-1x2")
@@ -172,3 +174,78 @@ def test_plan_command_asks_the_server_and_falls_back(
         assert main(["plan", case, "--server", not_a_service]) == 2
         expected = f"--server: expected an http:// or https:// URL, got {not_a_service!r}"
         assert expected in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_plan_request_never_waits_behind_comparisons(tmp_path: Path) -> None:
+    """Default settings: comparisons run in their own lane (one process, two pending); a third
+    distinct one is refused with 503 and Retry-After at once, and a greedy plan request is
+    answered while the other two still run."""
+    compares = []
+    for seed in range(3):
+        request = copy.deepcopy(load_case("refit-fsdp32-to-tp2x8"))
+        request["options"] = {"time_limit_s": 4.0, "seed": seed}
+        compares.append(request)
+    plan = copy.deepcopy(SMALL)
+    plan["options"] = {"algorithm": "greedy"}
+    with (
+        running_server("--cache", str(tmp_path / "c.sqlite3")) as url,
+        ThreadPoolExecutor(3) as pool,
+    ):
+        running = [
+            pool.submit(httpx.post, f"{url}/v1/compare", json=r, timeout=300) for r in compares[:2]
+        ]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/healthz", timeout=10).json()["comparing"] < 2:
+            assert time.monotonic() < deadline, "the two comparisons were never admitted"
+            time.sleep(0.05)
+        refused = httpx.post(f"{url}/v1/compare", json=compares[2], timeout=30)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "compare lane is full" in refused.json()["detail"]["message"]
+        answered = httpx.post(f"{url}/v1/plans", json=plan, timeout=60)
+        assert answered.status_code == 200, answered.text
+        still = httpx.get(f"{url}/healthz", timeout=10).json()["comparing"]
+        assert still >= 1 and not all(f.done() for f in running)  # it did not wait for them
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'meshcast_admissions_total{lane="compare",outcome="rejected"} 1.0' in metrics
+        assert all(f.result().status_code == 200 for f in running)
+
+
+@pytest.mark.slow
+def test_a_solver_killed_mid_solve_fails_only_its_request_and_is_replaced(tmp_path: Path) -> None:
+    """A long solve's process is killed while short solves queue and run beside it: the long
+    one gets 503 with Retry-After, every other one its plan, and the next request a new pool."""
+    long = copy.deepcopy(load_case("dgx-boundary-2x8-to-2x8"))
+    long["options"] = {"algorithm": "cpsat", "time_limit_s": 30.0}  # runs to its limit
+    shorts = []
+    for seed in range(12):
+        request = copy.deepcopy(SMALL)
+        request["options"] = {"algorithm": "greedy", "seed": seed}
+        shorts.append(request)
+    with (
+        running_server("--cache", str(tmp_path / "c.sqlite3")) as url,
+        ThreadPoolExecutor(13) as pool,
+    ):
+        solvers = descendants(SERVER_PIDS[url])
+        before = {pid: cpu_ticks(pid) for pid in solvers}
+        for _ in range(120):  # until the warm-up's imports are done: every process idle
+            time.sleep(0.5)
+            now = {pid: cpu_ticks(pid) for pid in solvers}
+            idle, before = all(now[p] - before[p] <= 2 for p in solvers), now
+            if idle:
+                break
+        doomed = pool.submit(httpx.post, f"{url}/v1/plans", json=long, timeout=120)
+        time.sleep(3.0)  # the long solve is running: its process is the busy one
+        busy = max(solvers, key=lambda pid: cpu_ticks(pid) - before[pid])
+        others = [pool.submit(httpx.post, f"{url}/v1/plans", json=r, timeout=120) for r in shorts]
+        time.sleep(0.2)
+        os.kill(busy, signal.SIGKILL)
+        answer = doomed.result()
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+        assert "solver process running this request died" in answer.json()["detail"]["message"]
+        assert [f.result().status_code for f in others] == [200] * len(shorts)
+        after = copy.deepcopy(SMALL)
+        after["options"] = {"algorithm": "greedy", "seed": 99}
+        assert httpx.post(f"{url}/v1/plans", json=after, timeout=60).status_code == 200
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'meshcast_solver_restarts_total{lane="plan"} 1.0' in metrics

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 from meshcast.api.cli import main
-from meshcast.planner import parse_request
+from meshcast.planner import build_problem, parse_request
+from meshcast.solver import SolveOptions, make_plan
 from meshcast.testbed import network
 from meshcast.testbed.bench import bench, calibrated, spec_for
 from meshcast.testbed.launch import run_job
@@ -181,3 +183,57 @@ def test_measured_times_follow_the_model() -> None:
     measured = by_name["sendrecv"].measured_s / by_name["broadcast-lb"].measured_s
     predicted = by_name["sendrecv"].predicted_s / by_name["broadcast-lb"].predicted_s
     assert predicted > 1.5 and measured >= predicted / 2
+
+
+def test_a_cut_link_makes_every_rank_raise_naming_a_peer(tmp_path: Path) -> None:
+    """The link of host 2 (ranks 3 and 4) goes down mid-run (`ip link set eth0 down` in its
+    namespace): every rank raises within the executor's timeout plus a few seconds, the ones
+    cut off and the ones that lost them, each naming the peer it waited on."""
+    _testbed_or_skip()
+    timeout_s = 6.0
+    request = copy.deepcopy(ONE_TO_FOUR)
+    request["tensors"][0]["shape"] = [4096, 4096]  # 64 MiB: a run takes a second or more
+    plan = make_plan(build_problem(parse_request(request)), "greedy", SolveOptions())
+    spec = spec_for(parse_request(request), "pytestcut", nic_gbps=0.5, latency_us=0)
+    marker = tmp_path / "a-run-went-through"
+    network.up(spec)
+    try:
+        job = {
+            "world_size": 5,
+            "timeout_s": 60,
+            "repeats": 1,
+            "runs": [],
+            "function": "tests.testbed.link_job:run_until_it_fails",
+            "args": [request, plan.to_json(), timeout_s, 100, str(marker)],
+        }
+        cut: list[float] = []
+
+        def cut_later() -> None:
+            deadline = time.monotonic() + 100
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # until a whole run has gone through
+            time.sleep(0.3)  # into the next one
+            subprocess.run(
+                ["ip", "netns", "exec", spec.namespace(2), "ip", "link", "set", "eth0", "down"],
+                check=True,
+            )
+            cut.append(time.time())
+
+        cutter = threading.Thread(target=cut_later)
+        cutter.start()
+        answers = [a["result"] for a in run_job(spec, job, timeout_s=120)]
+        cutter.join()
+    finally:
+        network.down("pytestcut")
+    for rank, answer in enumerate(answers):
+        assert answer["error"] is not None, (rank, answer)  # no partial run taken as success
+        assert answer["at"] - cut[0] < timeout_s + 5, (rank, answer["at"] - cut[0])
+        if answer["peer"] is not None:
+            assert f"rank {answer['peer']}" in answer["error"]
+    assert all(a["runs"] >= 1 for a in answers), answers  # cut mid-run, not in set-up
+    # a rank in a transfer with the cut host names its peer; one that met the loss in the next
+    # run's collective check names the ranks the job's store stopped hearing from
+    for a in answers:
+        assert a["peer"] is not None or "rank 3 silent" in a["error"], a
+    assert {answers[3]["peer"], answers[4]["peer"]} <= {0, 1, 2, 3, 4} - {None}, answers
+    assert any("rank 3 silent" in a["error"] or "rank 4 silent" in a["error"] for a in answers)
