@@ -143,7 +143,6 @@ def bench_rank(row: dict[str, Any], cluster: dict[str, Any] | None, repeats: int
     sync, verified sync and the baseline, each `repeats` times."""
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import DeviceMesh
 
     from examples.refit_hf import Options, build_model, make_trainer
     from meshcast.executor.memory import PeakMemory
@@ -154,15 +153,7 @@ def bench_rank(row: dict[str, Any], cluster: dict[str, Any] | None, repeats: int
     opts = Options(**row)
     rank = dist.get_rank()
     model = build_model(opts)
-    trainer_mesh = DeviceMesh(
-        "cpu",
-        torch.tensor(opts.trainer_ranks).reshape(opts.trainer_dp, opts.trainer_tp),
-        mesh_dim_names=("dp", "tp"),
-    )
-    engine_meshes = [
-        DeviceMesh("cpu", torch.tensor(opts.engine_ranks(e))) for e in range(opts.engines)
-    ]
-    engine_mesh = next((m for m in engine_meshes if rank in m.mesh.tolist()), None)
+    trainer_mesh, engine_mesh = opts.meshes()
     engine_ranks = [r for e in range(opts.engines) for r in opts.engine_ranks(e)]
     group = dist.new_group([0, *engine_ranks])
     rules = llama_to_vllm(shape_of(model.config), opts.engine_ep)

@@ -98,6 +98,20 @@ class Options:
     def world_size(self) -> int:
         return len(self.trainer_ranks) + self.engines * self.engine_tp
 
+    def meshes(self) -> tuple[DeviceMesh, DeviceMesh | None]:
+        """The trainer's (dp, tp) mesh, and this rank's engine mesh if it is in one (a
+        collective: every rank makes every mesh)."""
+        trainer = DeviceMesh(
+            "cpu",
+            torch.tensor(self.trainer_ranks).reshape(self.trainer_dp, self.trainer_tp),
+            mesh_dim_names=("dp", "tp"),
+        )
+        rank = dist.get_rank()
+        engines = [
+            DeviceMesh("cpu", torch.tensor(self.engine_ranks(e))) for e in range(self.engines)
+        ]
+        return trainer, next((m for m in engines if rank in m.mesh.tolist()), None)
+
 
 def build_model(opts: Options) -> torch.nn.Module:
     """The model with its random weights, the same on every rank (seeded)."""
@@ -364,15 +378,7 @@ def refit_job(opts_json: dict[str, Any]) -> dict[str, Any]:
     # torch warns that a strided full_tensor() takes two all-gathers: the check's path, not ours
     logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     model = build_model(opts)
-    trainer_mesh = DeviceMesh(
-        "cpu",
-        torch.tensor(opts.trainer_ranks).reshape(opts.trainer_dp, opts.trainer_tp),
-        mesh_dim_names=("dp", "tp"),
-    )
-    engine_meshes = [
-        DeviceMesh("cpu", torch.tensor(opts.engine_ranks(e))) for e in range(opts.engines)
-    ]
-    engine_mesh = next((m for m in engine_meshes if rank in m.mesh.tolist()), None)
+    trainer_mesh, engine_mesh = opts.meshes()
     rules = (
         identity_rules(model)
         if opts.preset == "identity"
