@@ -191,15 +191,17 @@ class Planner:
         self._closed = False
         self._pools = {lane: self._new_pool(lane) for lane in LANES}
 
+    def _processes(self, lane: str) -> int:
+        return self.num_processes if lane == "plan" else self.compare_processes
+
     def _new_pool(self, lane: str) -> _SolverPool:
-        processes = self.num_processes if lane == "plan" else self.compare_processes
-        return _SolverPool(lane, processes)
+        return _SolverPool(lane, self._processes(lane))
 
     def warm_up(self) -> None:
         """Start the solver processes now rather than on the first request."""
-        for lane, processes in (("plan", self.num_processes), ("compare", self.compare_processes)):
-            for _ in range(processes):
-                self._pools[lane].executor.submit(_warm)
+        for lane, pool in self._pools.items():
+            for _ in range(self._processes(lane)):
+                pool.executor.submit(_warm)
 
     @property
     def num_inflight(self) -> int:

@@ -195,8 +195,6 @@ def bench_rank(row: dict[str, Any], cluster: dict[str, Any] | None, repeats: int
             growth.append(peak.growth_bytes or 0)
         exact = all(torch.equal(params[n], landed[n]) for n in landed) if params else True
         out[method] = {"s": times, "growth": growth, "nic": nic, "exact": exact}
-    memory = refit._executor.memory
-    out["staging_bytes"] = memory.staging_bytes + memory.peak_relay_bytes
     out["model_bytes"] = sum(math.prod(s) * 4 for s in shapes.values())
     refit.close()
     dist.destroy_process_group(group)

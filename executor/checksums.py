@@ -48,10 +48,7 @@ def _marginals(bits: torch.Tensor) -> list[np.ndarray]:
     if bits.device.type == "cpu":  # numpy widens int16 / int32 sums far faster than torch
         array = bits.numpy()
         if n <= 2:
-            return [
-                np.asarray(array.sum(axis=tuple(a for a in range(n) if a != d), dtype=np.int64))
-                for d in range(n)
-            ]
+            return _marginals_of(array)
         # two passes over the data whatever the rank: the last dim's marginal, and the sums
         # over the last dim, whose own marginals are the other dims' (exact integer sums)
         last = np.asarray(array.sum(axis=tuple(range(n - 1)), dtype=np.int64))

@@ -283,11 +283,8 @@ class Executor:
         try:
             agree(problem, self.rank, self.members, self._members_group, self.device)
         except RuntimeError as err:  # the collective itself failed: a rank stopped or died
-            text = (
-                f"rank {self.rank}: the check of this run's arguments (a collective over ranks "
-                f"{self.members}) failed: {err}; {self.who_stopped()}"
-            )
-            raise TransferError(self.rank, None, None, [], text) from err
+            what = f"the check of this run's arguments (a collective over ranks {self.members})"
+            raise self.collective_failure(what, err) from err
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
@@ -377,6 +374,11 @@ class Executor:
         """Which rank stopped making progress, in words, as the job's store tells (after a
         failed wait: a rank that was stopped or died)."""
         return self._heartbeats.silent()
+
+    def collective_failure(self, what: str, err: BaseException) -> TransferError:
+        """The error of a collective among this run's ranks (`what`) that failed with `err`."""
+        text = f"rank {self.rank}: {what} failed: {err}; {self.who_stopped()}"
+        return TransferError(self.rank, None, None, [], text)
 
     def _failed(self, step: RankStep, done: int, failure: transport.PeerFailure) -> TransferError:
         """The error of a transfer whose wait failed, in words a person can act on."""

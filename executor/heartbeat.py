@@ -37,7 +37,7 @@ def default_store() -> dist.Store | None:
 
 class Heartbeats:
     """The beats of `members` under `prefix` (unique to one executor, the same on every
-    rank) in `store`; this rank beats while `beating()` is on."""
+    rank) in `store`; this rank beats from `start()` to `stop()`."""
 
     def __init__(
         self, store: dist.Store | None, prefix: str, rank: int, members: Sequence[int]

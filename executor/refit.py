@@ -38,7 +38,7 @@ from meshcast.executor.dtensor import (
     plan_on_rank0,
 )
 from meshcast.executor.dtypes import DTYPE_NAMES
-from meshcast.executor.executor import STAGING_BYTES, Executor, TransferError
+from meshcast.executor.executor import STAGING_BYTES, Executor
 from meshcast.executor.refit_verify import RefitChecksums
 from meshcast.planner import build_problem
 from meshcast.planner.dtypes import FLOAT_DTYPES
@@ -366,9 +366,7 @@ class Refit:
         try:
             op(tensor, *args, group=self._members_group)
         except RuntimeError as err:
-            rank = dist.get_rank()
-            text = f"rank {rank}: {what} failed: {err}; {self._executor.who_stopped()}"
-            raise TransferError(rank, None, None, [], text) from err
+            raise self._executor.collective_failure(what, err) from err
 
     def close(self) -> None:
         """Release the executor's process groups (a collective)."""

@@ -235,5 +235,5 @@ def test_a_cut_link_makes_every_rank_raise_naming_a_peer(tmp_path: Path) -> None
     # run's collective check names the ranks the job's store stopped hearing from
     for a in answers:
         assert a["peer"] is not None or "rank 3 silent" in a["error"], a
-    assert {answers[3]["peer"], answers[4]["peer"]} <= {0, 1, 2, 3, 4} - {None}, answers
+    assert answers[3]["peer"] is not None and answers[4]["peer"] is not None, answers
     assert any("rank 3 silent" in a["error"] or "rank 4 silent" in a["error"] for a in answers)
