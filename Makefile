@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/service_soak.py
 	$(BIN)/python benchmarks/plan_viewer.py
 	$(BIN)/python benchmarks/refit.py
+	$(BIN)/python benchmarks/pipeline_run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -401,6 +401,25 @@ class Executor:
         runs go one after another in call order, like messages on a channel, so a stage can
         queue the receives of several micro-batches ahead; compute on the caller's thread (or
         CUDA stream) overlaps them."""
+        channel = self._queue()
+        if self._stream is not None:  # the caller's pending work on the sources comes first
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+            return channel.submit(self._run_after, ready, source_shards, out)
+        return channel.submit(self.run, source_shards, out)
+
+    def fail_async(self, problem: str) -> Future[None]:
+        """Queue, in place of this rank's next run, a run that fails: its argument check
+        carries `problem`, so every member's run at that place raises `ValueError` naming this
+        rank and `problem` (a rank that cannot take part tells the others at once, instead of
+        leaving them to wait for its data until the timeout)."""
+        return self._queue().submit(self._fail, problem)
+
+    def _fail(self, problem: str) -> None:
+        if self.rank in self.members:
+            agree(problem, self.rank, self.members, self._members_group, self.device)
+
+    def _queue(self) -> ThreadPoolExecutor:
         if self._channel is None:
             self._channel = ThreadPoolExecutor(
                 max_workers=1,
@@ -408,11 +427,7 @@ class Executor:
                 initializer=_use_device,
                 initargs=(self.device,),
             )
-        if self._stream is not None:  # the caller's pending work on the sources comes first
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.device))
-            return self._channel.submit(self._run_after, ready, source_shards, out)
-        return self._channel.submit(self.run, source_shards, out)
+        return self._channel
 
     def _run_after(
         self, ready: torch.cuda.Event, source_shards: Shards, out: Shards | None

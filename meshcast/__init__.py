@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "Refit": "meshcast.executor.refit",
     "RefitMismatchError": "meshcast.executor.refit_verify",
     "reshard": "meshcast.executor.dtensor",
+    "MeshStage": "meshcast.executor.pipeline_stage",
+    "StageTensor": "meshcast.executor.pipeline_stage",
+    "ScheduleEager1F1B": "meshcast.executor.pipeline_schedules",
     "MeshcastClient": "meshcast.api.client",
 }
 
@@ -47,6 +50,7 @@ __all__ = [
     "Executor",
     "Fused",
     "InvalidPlanError",
+    "MeshStage",
     "MeshcastClient",
     "Piece",
     "Plan",
@@ -57,8 +61,10 @@ __all__ = [
     "RefitMismatchError",
     "Request",
     "RequestError",
+    "ScheduleEager1F1B",
     "SolveOptions",
     "SolveStatus",
+    "StageTensor",
     "Transfer",
     "TransferError",
     "build_problem",
@@ -74,6 +80,8 @@ if TYPE_CHECKING:
     from meshcast.executor.agreement import InvalidPlanError, PlanMismatchError
     from meshcast.executor.dtensor import reshard
     from meshcast.executor.executor import Executor, TransferError, execute
+    from meshcast.executor.pipeline_schedules import ScheduleEager1F1B
+    from meshcast.executor.pipeline_stage import MeshStage, StageTensor
     from meshcast.executor.refit import Refit
     from meshcast.executor.refit_verify import RefitMismatchError
     from meshcast.planner.errors import PlanFormatError, RequestError
