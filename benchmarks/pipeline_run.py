@@ -56,6 +56,7 @@ from examples.pipeline_hf import (
     build_model,
     data,
     loss_fn,
+    mesh_stage,
     parallelize_stage,
     stage_meshes,
 )
@@ -194,17 +195,7 @@ def measure_transfers(opts_json: dict[str, Any], repeats: int) -> dict[str, list
     torch.set_num_threads(1)
     rank = dist.get_rank()
     stage = opts.stage_of(rank)
-    meshes = stage_meshes(opts)
-    layout = boundary_layout(opts)
-    pipe = MeshStage(
-        torch.nn.Identity(),
-        stage,
-        opts.num_stages,
-        meshes[stage],
-        inputs=[layout] if stage > 0 else [],
-        outputs=[layout] if stage < opts.num_stages - 1 else [],
-        cluster=opts.cluster or None,
-    )
+    pipe = mesh_stage(opts, stage, stage_meshes(opts)[stage], torch.nn.Identity())
     out: dict[str, list[float]] = {"activation_s": [], "gradient_s": []}
     for boundary in pipe.boundaries:
         for key, executor in (
@@ -271,15 +262,7 @@ def run_schedules(
             group=groups[mesh.get_local_rank()],
         )
     else:
-        pipe = MeshStage(
-            module,
-            stage,
-            opts.num_stages,
-            mesh,
-            inputs=[layout] if stage > 0 else [],
-            outputs=[layout] if stage < opts.num_stages - 1 else [],
-            cluster=opts.cluster or None,
-        )
+        pipe = mesh_stage(opts, stage, mesh, module)
     tokens, targets = data(opts)
     lossf = _delay_loss if times is not None else loss_fn
     out: dict[str, Any] = {}

@@ -263,6 +263,20 @@ def boundary_layout(opts: Options) -> StageTensor:
     return StageTensor((rows, opts.sequence, opts.hidden), torch.float32, (placement,))
 
 
+def mesh_stage(opts: Options, stage: int, mesh: DeviceMesh, module: torch.nn.Module) -> MeshStage:
+    """Stage `stage`'s `MeshStage` (a collective): the hidden state in and out of it."""
+    layout = boundary_layout(opts)
+    return MeshStage(
+        module,
+        stage,
+        opts.num_stages,
+        mesh,
+        inputs=[layout] if stage > 0 else [],
+        outputs=[layout] if stage < opts.num_stages - 1 else [],
+        cluster=opts.cluster or None,
+    )
+
+
 def data(opts: Options) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's token ids and next-token targets (seeded)."""
     tokens = torch.randint(
@@ -318,16 +332,7 @@ def pipeline_job(opts_json: dict[str, Any]) -> dict[str, Any]:
     mesh = meshes[stage]
     module = parallelize_stage(LlamaStage(build_model(opts), opts, stage, mesh), mesh)
     start = {n: p.detach().clone() for n, p in module.named_parameters()}
-    layout = boundary_layout(opts)
-    pipe = MeshStage(
-        module,
-        stage,
-        opts.num_stages,
-        mesh,
-        inputs=[layout] if stage > 0 else [],
-        outputs=[layout] if stage < opts.num_stages - 1 else [],
-        cluster=opts.cluster or None,
-    )
+    pipe = mesh_stage(opts, stage, mesh, module)
     tokens, targets = data(opts)
     checker = rank == opts.stage_ranks(stage)[0]
     expected = reference(opts) if checker else []

@@ -70,10 +70,15 @@ def test_options_that_cannot_work_name_the_flag() -> None:
         Options(microbatches=2).check()
 
 
+def _two_meshes() -> list[DeviceMesh]:
+    """Ranks 0-1 and 2-3 (a collective: every rank makes every mesh, in the same order)."""
+    return [DeviceMesh("cpu", torch.tensor(ranks)) for ranks in ([0, 1], [2, 3])]
+
+
 def _mismatched_neighbours() -> str:
     rank = dist.get_rank()
     stage_index = 0 if rank < 2 else 1
-    mesh = DeviceMesh("cpu", torch.tensor([[0, 1], [2, 3]][stage_index]))
+    mesh = _two_meshes()[stage_index]
     shape = (4, 8) if stage_index == 0 else (4, 9)
     layout = StageTensor(shape, torch.float32, (Replicate(),))
     try:
@@ -111,7 +116,7 @@ def _counting_planner(request: Any) -> Any:
 def _two_stages_built_twice() -> int:
     rank = dist.get_rank()
     stage_index = 0 if rank < 2 else 1
-    mesh = DeviceMesh("cpu", torch.tensor([[0, 1], [2, 3]][stage_index]))
+    mesh = _two_meshes()[stage_index]
     layout = StageTensor((4, 6), torch.float32, (Shard(1),))
     for _ in range(2):  # a rebuilt stage (another schedule, a restart) plans nothing again
         pipe = MeshStage(
