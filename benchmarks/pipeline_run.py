@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,6 +59,7 @@ from examples.pipeline_hf import (
     loss_fn,
     mesh_stage,
     parallelize_stage,
+    run_step,
     stage_meshes,
 )
 from meshcast.executor.local_world import LocalWorld
@@ -101,8 +103,6 @@ class DelayStage(torch.nn.Module):
         self.placement = boundary_layout(opts).placements
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.tensor import DTensor
-
         source = self.weight if self.first else (x.to_local() if isinstance(x, DTensor) else x)
         out = _Delay.apply(source, self.shape, self.times)
         return DTensor.from_local(out, self.mesh, list(self.placement), run_check=False)
@@ -117,14 +117,12 @@ class LocalBoundary(torch.nn.Module):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.tensor import DTensor
-
         y = self.inner(x)
         return y.to_local() if isinstance(y, DTensor) else y
 
 
 def _delay_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    local = output.to_local() if hasattr(output, "to_local") else output
+    local = output.to_local() if isinstance(output, DTensor) else output
     return local.sum() * 0.0
 
 
@@ -134,20 +132,9 @@ def _stage_module(opts: Options, stage: int, mesh: Any, times: dict[str, Any] | 
     return DelayStage(opts, stage, mesh, (times["forward_s"][stage], times["backward_s"][stage]))
 
 
-def _step(schedule: Any, opts: Options, stage: int, tokens: torch.Tensor, targets: torch.Tensor):
-    if stage == 0:
-        schedule.step(tokens)
-    elif stage == opts.num_stages - 1:
-        schedule.step(target=targets, losses=[])
-    else:
-        schedule.step()
-
-
 def measure_compute(opts_json: dict[str, Any], repeats: int) -> dict[str, list[float]]:
     """Each stage's forward and backward of one micro-batch, timed alone on its ranks (median;
     the other ranks wait at a barrier)."""
-    from torch.distributed.tensor import distribute_tensor
-
     opts = Options.from_json(opts_json)
     torch.set_num_threads(1)
     rank = dist.get_rank()
@@ -273,7 +260,7 @@ def run_schedules(
             dist.barrier()
             with PeakMemory(torch.device("cpu")) as peak:
                 began = time.perf_counter()
-                _step(schedule, opts, stage, tokens, targets)
+                run_step(schedule, opts, stage, tokens, targets, [])
                 dist.barrier()
                 took = time.perf_counter() - began
             module.zero_grad(set_to_none=True)

@@ -285,6 +285,24 @@ def data(opts: Options) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
+def run_step(
+    schedule: PipelineScheduleSingle,
+    opts: Options,
+    stage: int,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    losses: list[torch.Tensor],
+) -> None:
+    """One schedule step on stage `stage`'s ranks: the first stage gets the tokens, the last
+    the targets (and the micro-batches' losses land in `losses`)."""
+    if stage == 0:
+        schedule.step(tokens)
+    elif stage == opts.num_stages - 1:
+        schedule.step(target=targets, losses=losses)
+    else:
+        schedule.step()
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy of one micro-batch."""
     return F.cross_entropy(logits.flatten(0, 1), target.flatten())
@@ -347,12 +365,7 @@ def pipeline_job(opts_json: dict[str, Any]) -> dict[str, Any]:
         steps = []
         for step in range(opts.steps):
             losses: list[torch.Tensor] = []
-            if stage == 0:
-                schedule.step(tokens)
-            elif stage == opts.num_stages - 1:
-                schedule.step(target=targets, losses=losses)
-            else:
-                schedule.step()
+            run_step(schedule, opts, stage, tokens, targets, losses)
             grads = _gradients(module)
             loss = float(torch.stack(losses).detach().mean()) if losses else None
             steps.append((loss, grads))

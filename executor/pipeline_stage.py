@@ -164,9 +164,7 @@ def _stages(everyone: list[_Described], num_stages: int) -> list[_Described]:
     missing = [s for s in range(num_stages) if s not in by_stage]
     if missing:
         raise ValueError(f"stage_index: no rank builds stage(s) {missing} of {num_stages}")
-    for d in by_stage.values():
-        if d.rank not in d.mesh["devices"]:
-            continue
+    for d in by_stage.values():  # every rank is in its own stage's mesh (`_describe`)
         outsiders = [r for r in d.mesh["devices"] if everyone[r].stage != d.stage]
         if outsiders:
             raise ValueError(
@@ -234,17 +232,15 @@ def _plans_on_rank0(requests: list[Request], plan_with: PlanFunction) -> list[Pl
 
 
 class _Boundary:
-    """The two executors of the boundary after stage `stage`: activations and gradients."""
+    """The two executors of a boundary: activations (`requests[0]`) and gradients (the
+    reversed request, `requests[1]`)."""
 
     def __init__(
-        self, stage: int, request: Request, plans: tuple[Plan, Plan], timeout: timedelta
+        self, requests: tuple[Request, Request], plans: tuple[Plan, Plan], timeout: timedelta
     ) -> None:
-        self.stage = stage
-        self.request = request
-        self.names = [t.name for t in request.tensors]
-        back = reversed_request(request)
-        self.activations = Executor(plans[0], request, timeout=timeout)
-        self.gradients = Executor(plans[1], back, timeout=timeout)
+        self.names = [t.name for t in requests[0].tensors]
+        self.activations = Executor(plans[0], requests[0], timeout=timeout)
+        self.gradients = Executor(plans[1], requests[1], timeout=timeout)
 
     def close(self) -> None:
         self.activations.close()
@@ -288,29 +284,26 @@ class MeshStage(_PipelineStageBase):
         device = device if device is not None else default_device()
         super().__init__(submodule, stage_index, num_stages, device, group=own)
         self.mesh = mesh
-        self.inputs = [
-            t if isinstance(t, StageTensor) else StageTensor.like(t, mesh) for t in inputs
-        ]
-        self.outputs = [
-            t if isinstance(t, StageTensor) else StageTensor.like(t, mesh) for t in outputs
-        ]
+        self.inputs = [StageTensor.like(t, mesh) for t in inputs]
+        self.outputs = [StageTensor.like(t, mesh) for t in outputs]
         everyone: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(
             everyone, _describe(stage_index, num_stages, mesh, self.inputs, self.outputs)
         )
         stages = _stages(everyone, num_stages)
         cluster = cluster if cluster is not None else local_cluster()
-        requests = [
-            boundary_request(stages[k], stages[k + 1], cluster, algorithm, time_limit_s)
-            for k in range(num_stages - 1)
+        pairs = [
+            (request, reversed_request(request))
+            for request in (
+                boundary_request(stages[k], stages[k + 1], cluster, algorithm, time_limit_s)
+                for k in range(num_stages - 1)
+            )
         ]
-        plans = _plans_on_rank0(
-            [r for request in requests for r in (request, reversed_request(request))], plan_with
-        )
+        plans = _plans_on_rank0([r for pair in pairs for r in pair], plan_with)
         #: boundary k moves stage k's outputs to stage k + 1 (every rank prepares every one)
         self.boundaries = [
-            _Boundary(k, request, (plans[2 * k], plans[2 * k + 1]), timeout)
-            for k, request in enumerate(requests)
+            _Boundary(pair, (plans[2 * k], plans[2 * k + 1]), timeout)
+            for k, pair in enumerate(pairs)
         ]
         self._received: dict[str, dict[int, Future[dict[str, LocalData]]]] = {"F": {}, "B": {}}
         self._posted = False
@@ -453,7 +446,7 @@ class MeshStage(_PipelineStageBase):
                     list(layout.placements),
                     run_check=False,
                     shape=torch.Size(layout.shape),
-                    stride=_contiguous_strides(layout.shape),
+                    stride=torch.empty(layout.shape, device="meta").stride(),
                 )
             )
         return out
@@ -523,9 +516,8 @@ class MeshStage(_PipelineStageBase):
     def clear_runtime_states(self) -> None:
         self.wait_sends()
         left = sorted(m for kind in "FB" for m in self._received[kind])
-        if (
-            left or self._aborted
-        ):  # a step stopped half-way: its queued receives would take the next step's data
+        # a step that stopped half-way: its queued receives would take the next step's data
+        if left or self._aborted:
             raise RuntimeError(
                 f"{self.log_prefix} the last step stopped half-way (micro-batches {left} were "
                 "never consumed); the pipeline cannot go on: rebuild the stages"
@@ -538,11 +530,3 @@ class MeshStage(_PipelineStageBase):
         self.wait_sends()
         for boundary in self.boundaries:
             boundary.close()
-
-
-def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(int(size), 1)
-    return tuple(reversed(strides))
